@@ -1,0 +1,224 @@
+"""Typed configuration of one trial, built from a (resolved) dict; unknown keys and wrong types fail early.
+
+A trial config is what one arm of a search space becomes once Tune has picked a value for every
+distribution: ``{name, method, model, data, train, lora, eval, resources}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import typing
+from dataclasses import dataclass, field
+
+from cxr_core.errors import CxrError
+
+METHODS = ("fft", "lora")
+SCHEDULES = ("cosine", "constant")
+IMAGE_POLICIES = ("skip", "error")
+
+
+@dataclass
+class DataConfig:
+    """Where the split CSVs (seed format) and the images are.
+
+    Attributes:
+        split_dir: folder with ``train_split.csv``, ``val_split.csv`` (and ``test_split.csv``).
+        image_root: the MIMIC-CXR-JPG root; image paths are ``files/p../p{subject}/s{study}/{dicom}.jpg``.
+        max_train, max_val: use only the first N rows (0 = all), for quick runs.
+        image_policy: ``skip`` a missing or unreadable image (counted) or raise an ``error``.
+    """
+
+    split_dir: str = "data/demo"
+    image_root: str = "data/synthetic"
+    max_train: int = 0
+    max_val: int = 0
+    image_policy: str = "skip"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation. ``lr`` is the peak learning rate after a linear warmup of ``warmup_ratio`` of the steps."""
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seed: int = 0
+    num_threads: int = 0
+
+
+@dataclass
+class LoraConfigSection:
+    """LoRA settings. ``alpha`` defaults to 2 * r; ``target_modules`` is a preset or a list of names."""
+
+    r: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all_linear"
+
+
+@dataclass
+class EvalConfig:
+    """Validation: greedy generation of up to ``max_new_tokens``, parsed back into labels."""
+
+    max_new_tokens: int = 128
+    batch_size: int = 64
+    uncertain: str = "negative"
+
+
+@dataclass
+class Resources:
+    """Per-trial resources, as Tune reserves them (fractions of a GPU allowed)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass
+class TrialConfig:
+    name: str = "trial"
+    method: str = "fft"
+    model: str = "embedded"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: Resources = field(default_factory=Resources)
+    keep_checkpoints: int = 1
+
+    def checks(self) -> list[tuple[str, object, str]]:
+        """Impossible values as (key, value, fix); empty when the config is sound."""
+        bad: list[tuple[str, object, str]] = []
+
+        def need(ok: bool, key: str, value: object, fix: str) -> None:
+            if not ok:
+                bad.append((key, value, fix))
+
+        need(self.method in METHODS, "method", self.method, f"use one of {', '.join(METHODS)}")
+        t = self.train
+        need(t.epochs >= 1, "train.epochs", t.epochs, "must be a positive integer")
+        need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be a positive integer")
+        need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "must be a positive number")
+        need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+        need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
+        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"use one of {', '.join(SCHEDULES)}")
+        need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
+        need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
+        need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")
+        if self.method == "lora":
+            lo = self.lora
+            need(lo.r >= 1, "lora.r", lo.r, "must be a positive integer")
+            need(lo.alpha is None or lo.alpha > 0, "lora.alpha", lo.alpha, "must be a positive number")
+            need(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must be in [0, 1)")
+            need(
+                isinstance(lo.target_modules, str) or len(lo.target_modules) > 0,
+                "lora.target_modules",
+                lo.target_modules,
+                "give a preset or a non-empty list",
+            )
+        need(self.eval.max_new_tokens >= 1, "eval.max_new_tokens", self.eval.max_new_tokens, "must be >= 1")
+        need(self.eval.batch_size >= 1, "eval.batch_size", self.eval.batch_size, "must be >= 1")
+        need(
+            self.eval.uncertain in ("negative", "positive"),
+            "eval.uncertain",
+            self.eval.uncertain,
+            "use negative or positive",
+        )
+        need(
+            self.data.image_policy in IMAGE_POLICIES,
+            "data.image_policy",
+            self.data.image_policy,
+            f"use one of {', '.join(IMAGE_POLICIES)}",
+        )
+        need(self.data.max_train >= 0, "data.max_train", self.data.max_train, "must be >= 0 (0 = all rows)")
+        need(self.data.max_val >= 0, "data.max_val", self.data.max_val, "must be >= 0 (0 = all rows)")
+        need(self.resources.cpu > 0, "resources.cpu", self.resources.cpu, "must be > 0")
+        g = self.resources.gpu
+        need(g >= 0 and (g <= 1 or g == int(g)), "resources.gpu", g, "use a share in [0, 1] or a whole number")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        return bad
+
+    @property
+    def lora_alpha(self) -> float:
+        return self.lora.alpha if self.lora.alpha is not None else 2.0 * self.lora.r
+
+
+def _coerce(value, hint, key: str):
+    """Check ``value`` against a field's type hint; ints are accepted for floats. Returns the value."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        errors = []
+        for option in args:
+            try:
+                return _coerce(value, option, key)
+            except CxrError as exc:
+                errors.append(exc)
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in args)
+        raise CxrError(f"`{key}` must be {names}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise CxrError(f"`{key}` must be null, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise CxrError(f"`{key}` must be a list of strings, got {value!r}")
+        return list(value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+    elif hint is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    raise CxrError(f"`{key}` must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def build(cls, data, *, where: str = ""):
+    """Build dataclass ``cls`` from a dict, recursively; unknown keys and wrong types raise CxrError."""
+    if not isinstance(data, dict):
+        raise CxrError(f"`{where or cls.__name__}` must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise CxrError(f"unknown key `{key}`; valid keys here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build(hint, value, where=key)
+        else:
+            kwargs[name] = _coerce(value, hint, key)
+    return cls(**kwargs)
+
+
+def trial_config(data: dict) -> TrialConfig:
+    """A validated :class:`TrialConfig` from a resolved dict.
+
+    Raises:
+        CxrError: an unknown key, a wrong type or an impossible value (the first one found).
+    """
+    config = build(TrialConfig, data)
+    bad = config.checks()
+    if bad:
+        key, value, fix = bad[0]
+        raise CxrError(f"`{key}` {fix}, got {value!r}")
+    return config
+
+
+def to_dict(config: TrialConfig) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,215 @@
+"""The model: GIT through ``transformers`` (hub id, folder, or the embedded tiny GIT), FFT or LoRA via ``peft``.
+
+Module names (see DOMAIN.md): the vision tower's Linear layers end in ``q_proj, k_proj, v_proj, out_proj,
+fc1, fc2`` (under ``git.image_encoder``), the text decoder's in ``query, key, value, dense`` (under
+``git.encoder``), the projection is ``git.visual_projection...0`` and the LM head is ``output``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxr_core.errors import CxrError
+
+EMBEDDED = "embedded"
+VISION_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+TEXT_SUFFIXES = ("query", "key", "value", "dense")
+ATTENTION_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "attention.output.dense")
+MLP_SUFFIXES = ("fc1", "fc2", "intermediate.dense", "output.dense")
+PRESETS = ("vision", "text", "attention", "mlp", "all_linear")
+LM_HEAD = "output"
+ARCHITECTURES = ("git-base", "git-large")
+
+
+def resolve_model_name(name: str) -> str:
+    """``embedded`` -> the committed tiny GIT folder; anything else is returned unchanged."""
+    if name == EMBEDDED:
+        from cxr_core.tiny_git import embedded_model_path
+
+        return str(embedded_model_path())
+    return name
+
+
+def _arch_config(name: str):
+    from transformers import GitConfig
+
+    if name == "git-base":
+        return GitConfig()
+    # git-large: ViT-L/14 vision tower (1024 hidden, 24 layers) and the same 6-layer BERT-base text decoder.
+    return GitConfig(
+        vision_config={
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+            "patch_size": 14,
+            "image_size": 224,
+        }
+    )
+
+
+def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load ``GitForCausalLM`` from a hub id, a local folder, ``embedded``, or ``arch:git-base|git-large``.
+
+    ``arch:`` names build the architecture with random weights (for planning and benchmarks offline).
+
+    Raises:
+        CxrError: a folder that holds no model, or a hub id that cannot be fetched (offline).
+    """
+    from transformers import AutoModelForCausalLM, GitForCausalLM
+
+    if name.startswith("arch:"):
+        arch = name.split(":", 1)[1]
+        if arch not in ARCHITECTURES:
+            raise CxrError(f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES))
+        return GitForCausalLM(_arch_config(arch))
+    path = resolve_model_name(name)
+    looks_local = os.path.sep in name or name.startswith(".") or Path(path).exists()
+    if looks_local and not (Path(path) / "config.json").is_file():
+        raise CxrError(
+            f"model folder {path} holds no config.json; pass a folder written by save_pretrained, a hub id "
+            "such as microsoft/git-base, 'embedded', or arch:git-base"
+        )
+    try:
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise CxrError(
+            f"cannot load model {name!r}: {str(exc).splitlines()[0]} (offline? pre-download it with "
+            "`huggingface-cli download` and pass the folder)"
+        ) from None
+
+
+def model_skeleton(name: str) -> nn.Module | None:
+    """The model's module tree without real weights (on the meta device): for checking module names fast.
+
+    Returns None when the config cannot be had offline (a hub id that is not cached).
+    """
+    from transformers import AutoConfig, GitForCausalLM
+
+    if name.startswith("arch:"):
+        arch = name.split(":", 1)[1]
+        config = _arch_config(arch) if arch in ARCHITECTURES else None
+    else:
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_name(name))
+        except OSError:
+            return None
+    if config is None:
+        return None
+    with torch.device("meta"):
+        return GitForCausalLM(config)
+
+
+_TARGET_CACHE: dict[tuple[str, str], None] = {}
+
+
+def check_targets(model_name: str, targets: str | list[str]) -> None:
+    """Raise CxrError when ``targets`` names no Linear layer of ``model_name`` (checked on a skeleton)."""
+    key = (model_name, repr(targets))
+    if key in _TARGET_CACHE:
+        return
+    skeleton = model_skeleton(model_name)
+    if skeleton is not None:
+        resolve_targets(skeleton, targets)
+    _TARGET_CACHE[key] = None
+
+
+def load_processor(name: str):
+    """The ``GitProcessor`` (image processor + tokenizer) that belongs to model ``name``."""
+    from transformers import AutoProcessor
+
+    if name.startswith("arch:"):
+        raise CxrError(f"{name} has random weights and no processor; it is only for planning (--dry-run) and benchmarks")
+    return AutoProcessor.from_pretrained(resolve_model_name(name))
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Full names of every ``nn.Linear`` in the model (the LM head included)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _matches(name: str, suffix: str) -> bool:
+    return name == suffix or name.endswith("." + suffix)
+
+
+def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
+    """Expand a preset or an explicit list into the full names of the Linear layers to adapt.
+
+    Explicit entries are suffixes of module names (``query``, ``mlp.fc1``) or full names, as in peft.
+
+    Raises:
+        CxrError: an unknown preset, or a name that matches no Linear layer (the valid names are listed).
+    """
+    linears = [n for n in linear_module_names(model) if n != LM_HEAD]
+    vision = [n for n in linears if ".image_encoder." in f".{n}"]
+    text = [n for n in linears if n.startswith("git.encoder.")]
+    if isinstance(targets, str):
+        if targets == "vision":
+            return vision
+        if targets == "text":
+            return text
+        if targets == "attention":
+            return [n for n in linears if any(_matches(n, s) for s in ATTENTION_SUFFIXES)]
+        if targets == "mlp":
+            return [n for n in linears if any(_matches(n, s) for s in MLP_SUFFIXES)]
+        if targets == "all_linear":
+            return linears
+        raise CxrError(
+            f"unknown target preset {targets!r}; use one of {', '.join(PRESETS)} or a list of module names"
+        )
+    chosen: list[str] = []
+    for entry in targets:
+        hits = [n for n in linears if _matches(n, entry)]
+        if not hits:
+            short = sorted({re.sub(r"\.\d+\.", ".N.", n) for n in linears})
+            raise CxrError(
+                f"target module {entry!r} matches no Linear layer of the model; valid names (suffixes work): "
+                + ", ".join(short)
+            )
+        chosen.extend(h for h in hits if h not in chosen)
+    return chosen
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How the backbone is adapted.
+
+    Attributes:
+        method: ``fft`` (every parameter trains) or ``lora``.
+        r, alpha, dropout, targets: LoRA rank, alpha, dropout and target modules (preset or list).
+    """
+
+    method: str = "fft"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all_linear"
+
+
+def apply_method(model: nn.Module, spec: MethodSpec) -> nn.Module:
+    """Return the model ready to train: unchanged for FFT, wrapped by ``peft`` for LoRA."""
+    if spec.method == "fft":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if spec.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = resolve_targets(model, spec.targets if isinstance(spec.targets, str) else list(spec.targets))
+        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
+        return get_peft_model(model, config)
+    raise CxrError(f"unknown method {spec.method!r}; use fft or lora")
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; ``total`` includes the adapters of a LoRA model."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

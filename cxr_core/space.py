@@ -1,0 +1,345 @@
+"""Search spaces: a declarative YAML -> validated arms of distributions (no Ray here; see tune_runner).
+
+Layout of a space file::
+
+    name: demo                      # experiment name (results under ray_results/NAME)
+    metric: label_f1_micro          # what "best" means, and mode max|min
+    mode: max
+    scheduler: {type: fifo}         # fifo | asha | median
+    max_concurrent_trials: 2
+    defaults: {model: ..., data: {...}, train: {...}, eval: {...}, resources: {...}}
+    arms:                           # one arm per method, each with its own ranges
+      - name: fft
+        method: fft
+        train: {lr: {loguniform: [1.0e-5, 1.0e-3]}}
+        num_samples: 2              # repeats of this arm (random draws)
+      - name: lora
+        method: lora
+        lora: {r: {grid_search: [4, 16]}, target_modules: {grid_search: [vision, text]}}
+
+A distribution is a mapping with exactly one key: ``grid_search: [..]``, ``choice: [..]``,
+``uniform: [lo, hi]``, ``quniform: [lo, hi, q]``, ``loguniform: [lo, hi]``, ``randint: [lo, hi)``,
+``lograndint: [lo, hi)``. Nothing in a YAML is evaluated as code.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from cxr_core.config import TrialConfig, trial_config
+from cxr_core.errors import CxrError
+from cxr_core.model import check_targets
+
+DISTRIBUTIONS = {
+    "grid_search": None,
+    "choice": None,
+    "uniform": 2,
+    "quniform": 3,
+    "loguniform": 2,
+    "randint": 2,
+    "lograndint": 2,
+}
+CODE_KEYS = ("eval", "sample_from", "function", "lambda", "!!python")
+SCHEDULERS = ("fifo", "asha", "median")
+TOP_KEYS = {
+    "name", "description", "metric", "mode", "scheduler", "max_concurrent_trials", "defaults", "arms",
+    "max_failures", "stop", "search",
+}  # fmt: skip
+ARM_KEYS = {"name", "num_samples"}
+SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """One distribution node: ``kind`` is a key of :data:`DISTRIBUTIONS`, ``args`` its list."""
+
+    kind: str
+    args: tuple
+
+    def corners(self) -> list:
+        """Values that validation checks: every option of a grid/choice, both ends of a range."""
+        if self.kind in ("grid_search", "choice"):
+            return list(self.args)
+        lo, hi = self.args[0], self.args[1]
+        if self.kind in ("randint", "lograndint"):
+            return [lo, hi - 1]
+        return [lo, hi]
+
+
+@dataclass
+class Arm:
+    name: str
+    spec: dict  # nested config with Dist leaves
+    num_samples: int = 1
+
+
+@dataclass
+class Study:
+    """A parsed, validated search space."""
+
+    path: str
+    name: str
+    metric: str
+    mode: str
+    arms: list[Arm]
+    scheduler: dict = field(default_factory=lambda: {"type": "fifo"})
+    max_concurrent_trials: int = 0
+    max_failures: int = 0
+    stop: dict = field(default_factory=dict)
+
+
+def _fail(path: str, key: str, value, fix: str) -> CxrError:
+    return CxrError(f"`{key}` = {value!r}: {fix} (in {path})")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not _is_dist(v) and not _is_dist(out[k]):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _is_dist(node) -> bool:
+    return isinstance(node, dict) and len(node) == 1 and next(iter(node)) in DISTRIBUTIONS
+
+
+def _parse_dists(node, path: str, key: str):
+    """Replace distribution mappings by :class:`Dist`; reject anything that looks like code."""
+    if isinstance(node, dict):
+        for k in node:
+            if str(k) in CODE_KEYS or str(k).startswith("!!"):
+                raise _fail(path, f"{key}.{k}" if key else str(k), node[k], "code is never evaluated from a "
+                            "search space; use grid_search, choice, uniform, quniform, loguniform, randint or lograndint")  # fmt: skip
+        if _is_dist(node):
+            kind, args = next(iter(node.items()))
+            return _dist(kind, args, path, key)
+        return {k: _parse_dists(v, path, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
+    return node
+
+
+def _dist(kind: str, args, path: str, key: str) -> Dist:
+    if not isinstance(args, list):
+        raise _fail(path, f"{key}.{kind}", args, "give a list of values")
+    if not args:
+        raise _fail(path, f"{key}.{kind}", args, "the list is empty; give at least one value")
+    want = DISTRIBUTIONS[kind]
+    if want is not None:
+        if len(args) != want or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+            form = "[low, high, q]" if want == 3 else "[low, high]"
+            raise _fail(path, f"{key}.{kind}", args, f"give {form} as numbers")
+        if args[0] >= args[1]:
+            raise _fail(path, f"{key}.{kind}", args, "low must be below high")
+        if kind in ("loguniform", "lograndint") and args[0] <= 0:
+            raise _fail(path, f"{key}.{kind}", args, "a log scale needs low > 0")
+        if kind in ("randint", "lograndint") and not all(isinstance(a, int) for a in args):
+            raise _fail(path, f"{key}.{kind}", args, "give integer bounds")
+    return Dist(kind, tuple(args))
+
+
+def _dist_leaves(node, prefix=()) -> list[tuple[tuple, Dist]]:
+    if isinstance(node, Dist):
+        return [(prefix, node)]
+    if isinstance(node, dict):
+        return [leaf for k, v in node.items() for leaf in _dist_leaves(v, (*prefix, k))]
+    return []
+
+
+def _set(node: dict, keys: tuple, value) -> None:
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def corner_configs(arm: Arm, *, limit: int = 4096) -> list[dict]:
+    """Concrete configs covering every grid/choice option and both ends of every range of an arm."""
+    leaves = _dist_leaves(arm.spec)
+    options = [leaf[1].corners() for leaf in leaves]
+    combos = itertools.product(*options)
+    total = 1
+    for o in options:
+        total *= len(o)
+    if total > limit:  # too many to enumerate: vary one leaf at a time around the first corner
+        first = [o[0] for o in options]
+        combos = [first] + [
+            first[:i] + [v] + first[i + 1 :] for i, o in enumerate(options) for v in o[1:]
+        ]  # fmt: skip
+    out = []
+    for combo in combos:
+        cfg = copy.deepcopy(arm.spec)
+        for (keys, _), value in zip(leaves, combo, strict=True):
+            _set(cfg, keys, value)
+        out.append(cfg)
+    return out
+
+
+def load_study(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read, parse and validate a search-space YAML (every arm, every grid option, both ends of ranges).
+
+    Args:
+        overrides: ``key.path=value`` strings applied to ``defaults`` (or a top-level key), values in YAML.
+
+    Raises:
+        CxrError: malformed YAML, an unknown key, a wrong type, an empty choice or an impossible value.
+    """
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise CxrError(f"cannot read search space {path}: {exc.strerror}; check the path") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CxrError(f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise CxrError(f"{path}: a search space must be a mapping with `arms:` (and `defaults:`), got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides, path)
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _fail(path, unknown[0], raw[unknown[0]], f"unknown key; valid top-level keys: {', '.join(sorted(TOP_KEYS))}")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise _fail(path, "defaults", defaults, "must be a mapping")
+    arms_raw = raw.get("arms")
+    if not isinstance(arms_raw, list) or not arms_raw:
+        raise _fail(path, "arms", arms_raw, "give a non-empty list of arms, one per method")
+    arms = []
+    for i, arm_raw in enumerate(arms_raw):
+        if not isinstance(arm_raw, dict):
+            raise _fail(path, f"arms[{i}]", arm_raw, "each arm is a mapping with name and method")
+        name = str(arm_raw.get("name", arm_raw.get("method", f"arm{i}")))
+        num_samples = arm_raw.get("num_samples", 1)
+        if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+            raise _fail(path, f"arms[{i}].num_samples", num_samples, "must be a positive integer")
+        body = {k: v for k, v in arm_raw.items() if k not in ARM_KEYS}
+        spec = _parse_dists(_merge(defaults, body), path, f"arms[{i}]")
+        spec["name"] = name
+        arms.append(Arm(name=name, spec=spec, num_samples=num_samples))
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise _fail(path, "arms", names, "arm names must be unique")
+    study = Study(
+        path=path,
+        name=str(raw.get("name") or Path(path).stem),
+        metric=str(raw.get("metric", "label_f1_micro")),
+        mode=str(raw.get("mode", "max")),
+        arms=arms,
+        scheduler=_scheduler(raw.get("scheduler") or {"type": "fifo"}, path),
+        max_concurrent_trials=_nonneg_int(raw.get("max_concurrent_trials", 0), "max_concurrent_trials", path),
+        max_failures=_nonneg_int(raw.get("max_failures", 0), "max_failures", path),
+        stop=raw.get("stop") or {},
+    )
+    if study.mode not in ("max", "min"):
+        raise _fail(path, "mode", study.mode, "use max or min")
+    validate_study(study)
+    return study
+
+
+def _nonneg_int(value, key: str, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _fail(path, key, value, "must be a non-negative integer")
+    return value
+
+
+def _scheduler(node, path: str) -> dict:
+    if not isinstance(node, dict):
+        raise _fail(path, "scheduler", node, "give a mapping such as {type: asha, grace_period: 1}")
+    unknown = sorted(set(node) - SCHEDULER_KEYS)
+    if unknown:
+        raise _fail(path, f"scheduler.{unknown[0]}", node[unknown[0]], f"unknown key; valid: {', '.join(sorted(SCHEDULER_KEYS))}")
+    if node.get("type", "fifo") not in SCHEDULERS:
+        raise _fail(path, "scheduler.type", node.get("type"), f"use one of {', '.join(SCHEDULERS)}")
+    for key in ("grace_period", "reduction_factor", "max_t"):
+        if key in node and (not isinstance(node[key], (int, float)) or node[key] < 1):
+            raise _fail(path, f"scheduler.{key}", node[key], "must be a number >= 1")
+    return {"type": "fifo", **node}
+
+
+def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfig]:
+    """Check every arm's corner configs; returns them. Raises CxrError naming arm, key, value and fix."""
+    checked = []
+    for arm in study.arms:
+        for cfg in corner_configs(arm):
+            try:
+                checked.append(trial_config(cfg))
+            except CxrError as exc:
+                raise CxrError(f"arm {arm.name}: {exc} (in {study.path})") from None
+    if check_paths:
+        for cfg in checked:
+            split_dir = Path(cfg.data.split_dir)
+            if not split_dir.is_dir() and not Path(cfg.data.image_root).is_dir():
+                raise CxrError(
+                    f"arm {cfg.name}: data folder {cfg.data.split_dir} does not exist; run "
+                    f"`python -m jobs.prepare_data` or set data.split_dir (in {study.path})"
+                )
+    for cfg in checked:
+        if cfg.method == "lora":
+            try:
+                check_targets(cfg.model, cfg.lora.target_modules)
+            except CxrError as exc:
+                raise CxrError(f"arm {cfg.name}: `lora.target_modules`: {exc} (in {study.path})") from None
+    return checked
+
+
+def parse_override(item: str):
+    """``train.epochs=2`` -> (("train", "epochs"), 2); the value is read as YAML (safely)."""
+    if "=" not in item:
+        raise CxrError(f"--set {item!r}: use KEY.PATH=VALUE, for example --set train.epochs=2")
+    key, value = item.split("=", 1)
+    try:
+        parsed = yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError:
+        raise CxrError(f"--set {item!r}: the value is not valid YAML") from None
+    return tuple(k for k in key.strip().split(".") if k), parsed
+
+
+def apply_overrides(raw: dict, overrides, path: str) -> dict:
+    """Apply ``--set`` overrides: top-level keys as they are, anything else under ``defaults`` and on every
+    arm that sets the same key (so ``--set train.epochs=1`` really means one epoch everywhere)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        if not keys:
+            raise CxrError(f"--set {item!r}: empty key")
+        if len(keys) == 1 and keys[0] in TOP_KEYS:
+            raw[keys[0]] = value
+            continue
+        targets = [raw.setdefault("defaults", {})]
+        targets += [a for a in raw.get("arms") or [] if isinstance(a, dict) and _has(a, keys)]
+        for node in targets:
+            for k in keys[:-1]:
+                nxt = node.setdefault(k, {})
+                if not isinstance(nxt, dict):
+                    raise CxrError(f"--set {item!r}: `{k}` is not a section (in {path})")
+                node = nxt
+            node[keys[-1]] = value
+    return raw
+
+
+def _has(node: dict, keys: tuple) -> bool:
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    return True

@@ -1,0 +1,251 @@
+"""One trial as a function of its config: setup -> (train epoch -> evaluate -> report) x epochs.
+
+No Ray here: the caller passes ``report(metrics, checkpoint_dir)``; :mod:`cxr_core.tune_runner` forwards it
+to ``ray.tune.report``. Each epoch writes a checkpoint folder: ``model/`` (a PEFT adapter for LoRA, a
+``save_pretrained`` safetensors model for FFT) and ``trial_state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from cxr_core.config import TrialConfig, to_dict, trial_config
+from cxr_core.dataset import SplitData, batches, load_split
+from cxr_core.metrics import report_metrics
+from cxr_core.model import MethodSpec, apply_method, load_model, load_processor, parameter_counts
+
+Report = Callable[[dict, "Path | None"], None]
+
+
+def seed_everything(seed: int) -> None:
+    """One seed fixes init (of adapters), data order and dropout."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device_for(config: TrialConfig) -> torch.device:
+    return torch.device("cuda" if config.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+
+
+class MemoryMeter:
+    """Peak memory of this trial: CUDA ``max_memory_allocated``, or on CPU the process's peak RSS above its
+    RSS at the start of the trial (``ru_maxrss`` is a lifetime high-water mark, so a process that peaked
+    higher before the trial reports that earlier peak: Tune starts one process per trial, so it does not)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss_above_baseline"
+        self.baseline = psutil.Process().memory_info().rss
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        return max(peak - self.baseline, 0) / 2**20
+
+
+@dataclass
+class Setup:
+    config: TrialConfig
+    model: torch.nn.Module
+    processor: object
+    train: SplitData
+    val: SplitData
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    pad_id: int
+    start_epoch: int = 0
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
+    warmup = max(int(round(total_steps * warmup_ratio)), 0)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total_steps - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def setup(config: TrialConfig, *, resume_from: Path | None = None) -> Setup:
+    """Load processor, model (+ method), both splits, optimizer and schedule."""
+    seed_everything(config.train.seed)
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    device = device_for(config)
+    processor = load_processor(config.model)
+    model = load_model(config.model)
+    spec = MethodSpec(
+        method=config.method,
+        r=config.lora.r,
+        alpha=config.lora_alpha,
+        dropout=config.lora.dropout,
+        targets=config.lora.target_modules
+        if isinstance(config.lora.target_modules, str)
+        else tuple(config.lora.target_modules),
+    )
+    model = apply_method(model, spec)
+    start_epoch = 0
+    if resume_from is not None:
+        start_epoch = _load_checkpoint(model, resume_from)
+    model.to(device)
+    data = config.data
+    kw = dict(image_root=data.image_root, processor=processor, policy=data.image_policy)
+    train = load_split(data.split_dir, "train", limit=data.max_train, **kw)
+    val = load_split(data.split_dir, "val", limit=data.max_val, **kw)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / (config.train.batch_size * config.train.grad_accum))
+    total = steps_per_epoch * config.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(total, config.train.warmup_ratio, config.train.schedule)
+    )
+    for _ in range(start_epoch * steps_per_epoch):
+        scheduler.step()
+    pad_id = processor.tokenizer.pad_token_id
+    return Setup(config, model, processor, train, val, optimizer, scheduler, device, pad_id, start_epoch)
+
+
+def train_epoch(s: Setup, epoch: int) -> dict:
+    """One pass over the training split; returns mean loss, samples/s and text tokens/s."""
+    cfg = s.config.train
+    s.model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    loss_sum, tokens, samples, step_in_accum = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen):
+        batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+            loss = s.model(**batch).loss
+        (loss / cfg.grad_accum).backward()
+        step_in_accum += 1
+        if step_in_accum == cfg.grad_accum:
+            _optimizer_step(s)
+            step_in_accum = 0
+        n_tok = int((batch["labels"][:, 1:] != -100).sum())
+        loss_sum += float(loss) * n_tok
+        tokens += n_tok
+        samples += batch["input_ids"].shape[0]
+    if step_in_accum:
+        _optimizer_step(s)
+    seconds = time.perf_counter() - start
+    return {
+        "train_loss": loss_sum / max(tokens, 1),
+        "train_samples_per_s": samples / seconds,
+        "train_tokens_per_s": tokens / seconds,
+        "train_seconds": seconds,
+    }
+
+
+def _optimizer_step(s: Setup) -> None:
+    if s.config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(
+            [p for p in s.model.parameters() if p.requires_grad], s.config.train.grad_clip
+        )
+    s.optimizer.step()
+    s.scheduler.step()
+    s.optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str]]:
+    """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split."""
+    s.model.eval()
+    cfg = s.config.eval
+    start = time.perf_counter()
+    loss_sum, tokens = 0.0, 0
+    generated: list[str] = []
+    for batch in batches(data, batch_size=cfg.batch_size, pad_id=s.pad_id):
+        batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+            loss = s.model(**batch).loss
+            out = s.model.generate(pixel_values=batch["pixel_values"], max_new_tokens=cfg.max_new_tokens)
+        n_tok = int((batch["labels"][:, 1:] != -100).sum())
+        loss_sum += float(loss) * n_tok
+        tokens += n_tok
+        generated.extend(s.processor.batch_decode(out, skip_special_tokens=True))
+    metrics = report_metrics(generated, data.reports, uncertain=cfg.uncertain)
+    metrics["val_loss"] = loss_sum / max(tokens, 1)
+    metrics["eval_seconds"] = time.perf_counter() - start
+    return metrics, generated
+
+
+def save_checkpoint(s: Setup, folder: Path, epoch: int) -> int:
+    """Write ``model/`` and ``trial_state.json`` into ``folder``; returns the bytes written."""
+    s.model.save_pretrained(folder / "model")
+    (folder / "trial_state.json").write_text(json.dumps({"epoch": epoch, "config": to_dict(s.config)}))
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _load_checkpoint(model: torch.nn.Module, folder: Path) -> int:
+    from safetensors.torch import load_file
+
+    weights = folder / "model"
+    files = sorted(weights.glob("*.safetensors"))
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
+    return int(json.loads((folder / "trial_state.json").read_text())["epoch"])
+
+
+def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path | None = None) -> dict:
+    """Run one trial and ``report`` every epoch's metrics with a checkpoint folder.
+
+    Returns:
+        The last epoch's metrics.
+    """
+    cfg = config if isinstance(config, TrialConfig) else trial_config(config)
+    wall_start = time.perf_counter()
+    meter = MemoryMeter(device_for(cfg))
+    s = setup(cfg, resume_from=resume_from)
+    trainable, total = parameter_counts(s.model)
+    metrics: dict = {}
+    for epoch in range(s.start_epoch, cfg.train.epochs):
+        metrics = {"epoch": epoch + 1, **train_epoch(s, epoch)}
+        val, _ = evaluate(s, s.val)
+        metrics.update({k: v for k, v in val.items() if k != "per_label"})
+        metrics.update({f"f1/{label}": v["f1"] for label, v in val["per_label"].items()})
+        with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as tmp:
+            size = save_checkpoint(s, Path(tmp), epoch + 1)
+            metrics.update(
+                trainable_params=trainable,
+                total_params=total,
+                peak_mem_mb=meter.peak_mb(),
+                peak_mem_kind=meter.kind,
+                checkpoint_mb=size / 2**20,
+                wall_seconds=time.perf_counter() - wall_start,
+                n_train=len(s.train),
+                n_val=len(s.val),
+                images_skipped=len(s.train.skipped) + len(s.val.skipped),
+                device=s.device.type,
+                pid=os.getpid(),
+            )
+            report(metrics, Path(tmp))
+    return metrics

@@ -1,0 +1,196 @@
+"""Orchestration: the only module that imports Ray. A validated :class:`Study` -> a Ray Tune run.
+
+The param space holds one grid over the arms (each arm repeated ``num_samples`` times); Tune resolves the
+distributions nested inside each arm, so FFT and LoRA each get their own ranges. Resources are per arm.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from cxr_core.errors import CxrError
+from cxr_core.space import Dist, Study
+
+
+def _to_tune(node):
+    from ray import tune
+
+    if isinstance(node, Dist):
+        a = node.args
+        return {
+            "grid_search": lambda: tune.grid_search(list(a)),
+            "choice": lambda: tune.choice(list(a)),
+            "uniform": lambda: tune.uniform(a[0], a[1]),
+            "quniform": lambda: tune.quniform(a[0], a[1], a[2]),
+            "loguniform": lambda: tune.loguniform(a[0], a[1]),
+            "randint": lambda: tune.randint(a[0], a[1]),
+            "lograndint": lambda: tune.lograndint(a[0], a[1]),
+        }[node.kind]()
+    if isinstance(node, dict):
+        return {k: _to_tune(v) for k, v in node.items()}
+    return node
+
+
+def param_space(study: Study) -> dict:
+    """``{"arm": grid_search([arm spec, ...])}`` with Tune distributions inside each arm."""
+    from ray import tune
+
+    variants = [_to_tune(arm.spec) for arm in study.arms for _ in range(arm.num_samples)]
+    return {"arm": tune.grid_search(variants)}
+
+
+def trainable(config: dict) -> None:
+    """The Tune function trainable: one trial of :func:`cxr_core.trial.run_trial`."""
+    from ray import tune
+
+    from cxr_core.trial import run_trial
+
+    def report(metrics: dict, folder: Path | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="cxr-resume-")))
+    run_trial(config["arm"], report=report, resume_from=resume)
+
+
+def _resources(config: dict) -> dict:
+    res = config["arm"].get("resources") or {}
+    return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
+
+
+def _scheduler(study: Study):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    s = study.scheduler
+    if s["type"] == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=int(s.get("max_t", 100)),
+            grace_period=int(s.get("grace_period", 1)),
+            reduction_factor=float(s.get("reduction_factor", 4)),
+        )
+    if s["type"] == "median":
+        return MedianStoppingRule(time_attr="training_iteration", grace_period=float(s.get("grace_period", 1)))
+    return FIFOScheduler()
+
+
+def init_ray(*, address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Start a local Ray instance, or connect to a cluster (``auto`` or ``HOST:PORT``)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict = {"include_dashboard": dashboard, "log_to_driver": True}
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
+    if address:
+        ray.init(address=address, **{k: v for k, v in kwargs.items() if k == "log_to_driver"})
+    else:
+        ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def run_study(
+    study: Study,
+    *,
+    name: str | None = None,
+    storage: str | None = None,
+    verbose: int = 1,
+):
+    """Run every trial of ``study``; results go to ``{storage}/{name}`` (default ``ray_results/NAME``).
+
+    Returns:
+        Tune's ResultGrid.
+    """
+    from ray import tune
+
+    storage = storage or str(Path("ray_results").resolve())
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    name = name or study.name
+    keep = max(int(arm.spec.get("keep_checkpoints", 1) or 1) for arm in study.arms)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, _resources),
+        param_space=param_space(study),
+        tune_config=tune.TuneConfig(
+            metric=study.metric,
+            mode=study.mode,
+            scheduler=_scheduler(study),
+            max_concurrent_trials=study.max_concurrent_trials or None,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            stop=study.stop or None,
+            verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=keep, checkpoint_score_attribute=study.metric, checkpoint_score_order=study.mode
+            ),
+        ),
+    )
+    return tuner.fit()
+
+
+def load_results(path: str | Path):
+    """Tune's ResultGrid of a finished (or partial) experiment folder.
+
+    Raises:
+        CxrError: the folder does not exist or holds no Tune experiment.
+    """
+    from ray import tune
+
+    path = str(path)
+    if "://" not in path:
+        p = Path(path)
+        if not p.is_dir():
+            raise CxrError(f"results folder {path} does not exist; pass ray_results/NAME of a sweep")
+        if not any(p.glob("experiment_state-*.json")):
+            raise CxrError(f"{path} holds no Tune experiment (no experiment_state-*.json); is it a sweep's folder?")
+        path = str(p.resolve())
+    return tune.Tuner.restore(path, trainable=tune.with_resources(trainable, _resources)).get_results()
+
+
+def _flatten(prefix: str, node, out: dict) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _flatten(f"{prefix}/{k}", v, out)
+    elif isinstance(node, (list, tuple)):
+        out[prefix] = ",".join(map(str, node))
+    else:
+        out[prefix] = node
+
+
+def results_frame(path: str | Path):
+    """The tidy results of a sweep: one row per trial and epoch, the arm's config flattened into
+    ``config/...`` columns, plus ``trial_id``, ``status`` and ``error`` (errored trials keep a row even when
+    they reported nothing). Works on a sweep still running or one with errored trials.
+
+    Returns:
+        A pandas DataFrame.
+    """
+    import pandas as pd
+
+    grid = load_results(path)
+    rows = []
+    for result in grid:
+        config: dict = {}
+        _flatten("config", (result.config or {}).get("arm", {}), config)
+        trial_id = Path(result.path).name if result.path else ""
+        error = None
+        if result.error is not None:
+            error = str(result.error).strip().splitlines()[-1][:300]
+        history = result.metrics_dataframe
+        status = "ERROR" if error else ("TERMINATED" if result.metrics.get("done") else "RUNNING")
+        base = {"trial_id": trial_id, "trial_path": result.path, "status": status, "error": error, **config}
+        if history is None or history.empty:
+            rows.append(base)
+            continue
+        for rec in history.to_dict("records"):
+            rows.append({**base, **{k: v for k, v in rec.items() if not k.startswith("config/")}})
+    return pd.DataFrame(rows)

@@ -1,0 +1,28 @@
+"""What every entry point shares: bad input becomes one line on stderr and exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main_guard(fn):
+    """Wrap ``main``: a :class:`CxrError` prints ``error: MESSAGE`` on stderr and exits 2; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from cxr_core.errors import CxrError
+
+        try:
+            return fn(*args, **kwargs)
+        except CxrError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    return wrapper

@@ -1,0 +1,55 @@
+"""Run a search space (YAML) as a Ray Tune sweep: FFT and LoRA arms, each with its own ranges.
+
+Example (CPU, embedded default, a few minutes):
+
+    python -m jobs.sweep search_spaces/demo.yaml --name demo
+    python -m jobs.sweep search_spaces/demo.yaml --set train.epochs=1 --name quick
+    python -m jobs.sweep search_spaces/demo.yaml --address auto --storage /mnt/nfs/ray_results   # a cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from jobs._cli import main_guard
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("space", help="search-space YAML, e.g. search_spaces/demo.yaml")
+    p.add_argument("--name", help="experiment name (default: the space's name); results in STORAGE/NAME")
+    p.add_argument("--storage", help="results root: a local or NFS path, or a URI such as s3://bucket/path "
+                   "(default ray_results/)")  # fmt: skip
+    p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key of the defaults, e.g. --set train.epochs=2 (repeatable)")  # fmt: skip
+    p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
+    p.add_argument("--quiet", action="store_true", help="less progress output")
+    return p.parse_args(argv)
+
+
+@main_guard
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from cxr_core.errors import CxrError
+    from cxr_core.space import load_study
+
+    study = load_study(args.space, overrides=args.overrides)  # validates every arm before Ray starts
+    from cxr_core.tune_runner import init_ray, run_study
+
+    if args.storage is None or "://" not in args.storage:
+        from pathlib import Path
+
+        target = Path(args.storage or "ray_results") / (args.name or study.name)
+        if target.exists():
+            raise CxrError(f"{target} exists already; pick another --name (earlier results are never overwritten)")
+    init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
+    grid = run_study(study, name=args.name, storage=args.storage, verbose=0 if args.quiet else 1)
+    errors = sum(1 for r in grid if r.error is not None)
+    print(f"sweep finished: {len(grid)} trials, {errors} errored; results in {grid.experiment_path}")
+    print(f"next: python -m jobs.analyze {grid.experiment_path}")
+
+
+if __name__ == "__main__":
+    main()
