@@ -158,7 +158,12 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
         if targets == "attention":
             return [n for n in linears if any(_matches(n, s) for s in ATTENTION_SUFFIXES)]
         if targets == "mlp":
-            return [n for n in linears if any(_matches(n, s) for s in MLP_SUFFIXES)]
+            # "output.dense" is the MLP's down projection; "attention.output.dense" also ends that way.
+            return [
+                n
+                for n in linears
+                if any(_matches(n, s) for s in MLP_SUFFIXES) and not _matches(n, "attention.output.dense")
+            ]
         if targets == "all_linear":
             return linears
         raise CxrError(
