@@ -88,7 +88,7 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
     resources: Resources = field(default_factory=Resources)
     keep_checkpoints: int = 1
 
@@ -122,12 +122,12 @@ class TrialConfig:
                 lo.target_modules,
                 "give a preset or a non-empty list",
             )
-        need(self.eval.max_new_tokens >= 1, "eval.max_new_tokens", self.eval.max_new_tokens, "must be >= 1")
-        need(self.eval.batch_size >= 1, "eval.batch_size", self.eval.batch_size, "must be >= 1")
+        need(self.evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", self.evaluation.max_new_tokens, "must be >= 1")
+        need(self.evaluation.batch_size >= 1, "evaluation.batch_size", self.evaluation.batch_size, "must be >= 1")
         need(
-            self.eval.uncertain in ("negative", "positive"),
-            "eval.uncertain",
-            self.eval.uncertain,
+            self.evaluation.uncertain in ("negative", "positive"),
+            "evaluation.uncertain",
+            self.evaluation.uncertain,
             "use negative or positive",
         )
         need(

@@ -7,7 +7,6 @@ fc1, fc2`` (under ``git.image_encoder``), the text decoder's in ``query, key, va
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,18 @@ def _arch_config(name: str):
     )
 
 
+def _checked_model_path(name: str) -> str:
+    """Resolve ``name``; a local folder (``embedded``, a path) must hold a ``config.json``."""
+    path = resolve_model_name(name)
+    looks_local = name == EMBEDDED or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
+    if looks_local and not (Path(path) / "config.json").is_file():
+        raise CxrError(
+            f"model folder {path} holds no config.json; pass a folder written by save_pretrained, a hub id "
+            "such as microsoft/git-base, 'embedded', or arch:git-base"
+        )
+    return path
+
+
 def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
     """Load ``GitForCausalLM`` from a hub id, a local folder, ``embedded``, or ``arch:git-base|git-large``.
 
@@ -69,13 +80,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
         if arch not in ARCHITECTURES:
             raise CxrError(f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES))
         return GitForCausalLM(_arch_config(arch))
-    path = resolve_model_name(name)
-    looks_local = os.path.sep in name or name.startswith(".") or Path(path).exists()
-    if looks_local and not (Path(path) / "config.json").is_file():
-        raise CxrError(
-            f"model folder {path} holds no config.json; pass a folder written by save_pretrained, a hub id "
-            "such as microsoft/git-base, 'embedded', or arch:git-base"
-        )
+    path = _checked_model_path(name)
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -95,14 +100,15 @@ def model_skeleton(name: str) -> nn.Module | None:
 
     if name.startswith("arch:"):
         arch = name.split(":", 1)[1]
-        config = _arch_config(arch) if arch in ARCHITECTURES else None
+        if arch not in ARCHITECTURES:
+            raise CxrError(f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES))
+        config = _arch_config(arch)
     else:
+        path = _checked_model_path(name)
         try:
-            config = AutoConfig.from_pretrained(resolve_model_name(name))
+            config = AutoConfig.from_pretrained(path)
         except OSError:
-            return None
-    if config is None:
-        return None
+            return None  # a hub id that is not cached: checked when the trial loads it
     with torch.device("meta"):
         return GitForCausalLM(config)
 
@@ -112,6 +118,8 @@ _TARGET_CACHE: dict[tuple[str, str], None] = {}
 
 def check_targets(model_name: str, targets: str | list[str]) -> None:
     """Raise CxrError when ``targets`` names no Linear layer of ``model_name`` (checked on a skeleton)."""
+    if isinstance(targets, str) and targets not in PRESETS:
+        raise CxrError(f"unknown target preset {targets!r}; use one of {', '.join(PRESETS)} or a list of module names")
     key = (model_name, repr(targets))
     if key in _TARGET_CACHE:
         return

@@ -19,7 +19,7 @@ def _baseline(epochs) -> dict | None:
     if "config/data/split_dir" not in epochs:
         return None
     split_dir = epochs["config/data/split_dir"].dropna().iloc[0]
-    uncertain = epochs.get("config/eval/uncertain")
+    uncertain = epochs.get("config/evaluation/uncertain")
     policy = uncertain.dropna().iloc[0] if uncertain is not None and uncertain.notna().any() else "negative"
     try:
         train = read_split(split_dir, "train")["mini_report"].fillna("").tolist()

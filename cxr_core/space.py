@@ -293,6 +293,11 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
                     f"arm {cfg.name}: data folder {cfg.data.split_dir} does not exist; run "
                     f"`python -m jobs.prepare_data` or set data.split_dir (in {study.path})"
                 )
+    for model in sorted({cfg.model for cfg in checked}):
+        try:
+            check_targets(model, "all_linear")  # the model itself: a missing folder fails here
+        except CxrError as exc:
+            raise CxrError(f"`model`: {exc} (in {study.path})") from None
     for cfg in checked:
         if cfg.method == "lora":
             try:

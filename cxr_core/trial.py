@@ -172,7 +172,7 @@ def _optimizer_step(s: Setup) -> None:
 def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str]]:
     """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split."""
     s.model.eval()
-    cfg = s.config.eval
+    cfg = s.config.evaluation
     start = time.perf_counter()
     loss_sum, tokens = 0.0, 0
     generated: list[str] = []

@@ -1,0 +1,99 @@
+"""Search-space loading and validation, without training."""
+
+from pathlib import Path
+
+import pytest
+
+from cxr_core.errors import CxrError
+from cxr_core.space import corner_configs, load_study
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+name: t
+defaults:
+  data: {split_dir: %(data)s, image_root: %(data)s}
+  train: {epochs: 1}
+arms:
+  - name: fft
+    method: fft
+    train: {lr: {loguniform: [1e-5, 1e-3]}}
+  - name: lora
+    method: lora
+    lora: {r: {grid_search: [4, 8]}, target_modules: {grid_search: [vision, text]}}
+    num_samples: 2
+"""
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_spaces_load_and_validate(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = load_study(path, overrides=["data.split_dir=."])
+    assert study.arms and {a.spec["method"] for a in study.arms} <= {"fft", "lora"}
+    text = path.read_text()
+    assert text.startswith("#") and "python -m jobs." in text and "--set" in text  # header: purpose, command, override
+
+
+def test_demo_has_eight_trials_fft_two_lrs_lora_two_ranks_per_preset(monkeypatch):
+    monkeypatch.chdir(REPO)
+    study = load_study(REPO / "search_spaces/demo.yaml", overrides=["data.split_dir=."])
+    corners = [c for arm in study.arms for c in corner_configs(arm)]
+    fft = [c for c in corners if c["method"] == "fft"]
+    lora = [c for c in corners if c["method"] == "lora"]
+    assert len({c["train"]["lr"] for c in fft}) >= 2
+    for preset in ("vision", "text", "all_linear"):
+        assert len({c["lora"]["r"] for c in lora if c["lora"]["target_modules"] == preset}) >= 2
+    assert len(fft) + len(lora) >= 8
+
+
+def test_arms_expand_with_own_ranges(tmp_path):
+    study = load_study(write(tmp_path, BASE % {"data": tmp_path}))
+    fft, lora = study.arms
+    assert fft.spec["train"]["lr"].kind == "loguniform" and lora.num_samples == 2
+    assert len(corner_configs(lora)) == 4
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("r: {grid_search: [4, 8]}", "r: {grid_search: [0, 8]}"), "`lora.r` must be a positive integer, got 0"),
+        (("loguniform: [1e-5, 1e-3]", "loguniform: [-1, 1e-3]"), "a log scale needs low > 0"),
+        (("{grid_search: [vision, text]}", "{grid_search: []}"), "the list is empty"),
+        (("{grid_search: [vision, text]}", "{grid_search: [vision, textt]}"), "unknown target preset 'textt'"),
+        (("epochs: 1", "epochs: one"), "`train.epochs` must be int, got 'one'"),
+        (("epochs: 1", "epochz: 1"), "unknown key `train.epochz`"),
+        (("method: fft", "method: sgd"), "`method` use one of fft, lora, got 'sgd'"),
+        (("num_samples: 2", "num_samples: 2\n    resources: {gpu: 1.5}"), "resources.gpu"),
+        (("train: {lr: {loguniform", "train: {lr: {sample_from"), "code is never evaluated"),
+    ],
+)
+def test_validation_errors_name_key_value_and_file(tmp_path, edit, message):
+    text = (BASE % {"data": tmp_path}).replace(*edit)
+    with pytest.raises(CxrError) as err:
+        load_study(write(tmp_path, text))
+    assert message in str(err.value)
+    assert "space.yaml" in str(err.value)
+
+
+def test_malformed_yaml_and_missing_data(tmp_path):
+    with pytest.raises(CxrError, match=r"malformed YAML .* at line 2"):
+        load_study(write(tmp_path, "arms:\n  - name: [unclosed\n"))
+    with pytest.raises(CxrError, match="data folder .*nope does not exist"):
+        load_study(write(tmp_path, BASE % {"data": tmp_path / "nope"}))
+
+
+def test_overrides_reach_defaults_and_arms(tmp_path):
+    study = load_study(write(tmp_path, BASE % {"data": tmp_path}), overrides=["train.epochs=3", "lora.r=2"])
+    for arm in study.arms:
+        assert arm.spec["train"]["epochs"] == 3
+    assert study.arms[1].spec["lora"]["r"] == 2
+    with pytest.raises(CxrError, match="KEY.PATH=VALUE"):
+        load_study(write(tmp_path, BASE % {"data": tmp_path}), overrides=["train.epochs"])
