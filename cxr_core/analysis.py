@@ -14,8 +14,21 @@ from cxr_core.errors import CxrError
 from cxr_core.metrics import report_metrics
 
 QUALITY = ("label_f1_micro", "label_f1_macro", "label5_f1_macro", "bleu4", "exact_match", "unparsed_rate")
-COST = ("trainable_params", "total_params", "peak_mem_mb", "train_samples_per_s", "wall_seconds", "checkpoint_mb")
-CONFIG_SHOWN = ("config/method", "config/train/lr", "config/lora/r", "config/lora/alpha", "config/lora/target_modules")
+COST = (
+    "trainable_params",
+    "total_params",
+    "peak_mem_mb",
+    "train_samples_per_s",
+    "wall_seconds",
+    "checkpoint_mb",
+)
+CONFIG_SHOWN = (
+    "config/method",
+    "config/train/lr",
+    "config/lora/r",
+    "config/lora/alpha",
+    "config/lora/target_modules",
+)
 
 
 def variant_label(row) -> str:
@@ -122,12 +135,16 @@ def summary_markdown(table: pd.DataFrame, *, metric: str, mode: str, baseline: d
         lines.append(
             f"Emitting the most frequent training report for every validation image gives "
             f"label_f1_micro {baseline['label_f1_micro']:.4f}, label_f1_macro {baseline['label_f1_macro']:.4f}, "
-            f"bleu4 {baseline['bleu4']:.4f}. The report: \"{baseline['report']}\""
+            f'bleu4 {baseline["bleu4"]:.4f}. The report: "{baseline["report"]}"'
         )
         if f"best_{metric}" in table and metric in baseline and not by_method.empty:
             lines.append("")
             for _, row in by_method.iterrows():
-                beat = row[f"best_{metric}"] > baseline[metric] if mode == "max" else row[f"best_{metric}"] < baseline[metric]
+                beat = (
+                    row[f"best_{metric}"] > baseline[metric]
+                    if mode == "max"
+                    else row[f"best_{metric}"] < baseline[metric]
+                )
                 lines.append(
                     f"- best {row['config/method']}: {metric} {row[f'best_{metric}']:.4f} "
                     f"{'beats' if beat else 'does NOT beat'} the baseline's {baseline[metric]:.4f}"
@@ -138,7 +155,10 @@ def summary_markdown(table: pd.DataFrame, *, metric: str, mode: str, baseline: d
     if unfinished.empty:
         lines.append("None: every trial finished.")
     for _, row in unfinished.iterrows():
-        lines.append(f"- {row['trial_id']} ({row['variant']}): {row['status']}" + (f": {row['error']}" if row["trial_id"] in set(failed["trial_id"]) else ""))
+        lines.append(
+            f"- {row['trial_id']} ({row['variant']}): {row['status']}"
+            + (f": {row['error']}" if row["trial_id"] in set(failed["trial_id"]) else "")
+        )
     methods = set(table.get("config/method", pd.Series(dtype=object)).dropna())
     for method in ("fft", "lora"):
         if method not in methods:

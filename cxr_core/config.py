@@ -122,8 +122,15 @@ class TrialConfig:
                 lo.target_modules,
                 "give a preset or a non-empty list",
             )
-        need(self.evaluation.max_new_tokens >= 1, "evaluation.max_new_tokens", self.evaluation.max_new_tokens, "must be >= 1")
-        need(self.evaluation.batch_size >= 1, "evaluation.batch_size", self.evaluation.batch_size, "must be >= 1")
+        need(
+            self.evaluation.max_new_tokens >= 1,
+            "evaluation.max_new_tokens",
+            self.evaluation.max_new_tokens,
+            "must be >= 1",
+        )
+        need(
+            self.evaluation.batch_size >= 1, "evaluation.batch_size", self.evaluation.batch_size, "must be >= 1"
+        )
         need(
             self.evaluation.uncertain in ("negative", "positive"),
             "evaluation.uncertain",

@@ -50,7 +50,9 @@ def safe_image_path(root: Path, rel: str) -> Path:
     """``root / rel``, refusing a path that would leave ``root`` (``..``, absolute paths)."""
     path = (root / rel).resolve()
     if Path(rel).is_absolute() or not path.is_relative_to(root.resolve()):
-        raise CxrError(f"image path {rel!r} leaves the image root {root}; paths must be relative and stay inside it")
+        raise CxrError(
+            f"image path {rel!r} leaves the image root {root}; paths must be relative and stay inside it"
+        )
     return path
 
 
@@ -82,7 +84,9 @@ def load_split(
         frame = frame.head(limit)
     root = Path(image_root)
     if not root.is_dir():
-        raise CxrError(f"image root {root} does not exist; set data.image_root to the MIMIC-CXR-JPG root folder")
+        raise CxrError(
+            f"image root {root} does not exist; set data.image_root to the MIMIC-CXR-JPG root folder"
+        )
     rels = image_relpaths(frame).tolist()
     keep: list[int] = []
     skipped: list[str] = []
@@ -95,7 +99,9 @@ def load_split(
             keep.append(i)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             if policy == "error":
-                raise CxrError(f"cannot read image {path}: {exc}; fix or remove the file, or use image_policy skip") from None
+                raise CxrError(
+                    f"cannot read image {path}: {exc}; fix or remove the file, or use image_policy skip"
+                ) from None
             skipped.append(str(path))
         if len(batch) == chunk or (i == len(rels) - 1 and batch):
             chunks.append(processor.image_processor(images=batch, return_tensors="pt")["pixel_values"])

@@ -129,18 +129,24 @@ def mimic_frame(
     """
     root = Path(root)
     if not root.is_dir():
-        raise CxrError(f"MIMIC root {root} does not exist; pass --mimic-root the folder holding {PREFIX}*.csv.gz")
+        raise CxrError(
+            f"MIMIC root {root} does not exist; pass --mimic-root the folder holding {PREFIX}*.csv.gz"
+        )
     if labeler not in LABELERS:
         raise CxrError(f"labeler must be one of {', '.join(LABELERS)}, got {labeler!r}")
     meta = pd.read_csv(table_path(root, "metadata"))
     need = {"dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime"}
     if need - set(meta.columns):
-        raise CxrError(f"{table_path(root, 'metadata')}: missing columns {', '.join(sorted(need - set(meta.columns)))}")
+        raise CxrError(
+            f"{table_path(root, 'metadata')}: missing columns {', '.join(sorted(need - set(meta.columns)))}"
+        )
     n_images = len(meta)
     meta = meta[meta["ViewPosition"].isin(views)]
     labels = read_labels(table_path(root, labeler))
     split = pd.read_csv(table_path(root, "split"), usecols=["dicom_id", "split"])
-    frame = meta.merge(labels, on=["subject_id", "study_id"], how="left").merge(split, on="dicom_id", how="left")
+    frame = meta.merge(labels, on=["subject_id", "study_id"], how="left").merge(
+        split, on="dicom_id", how="left"
+    )
     frame["study_datetime"] = _study_datetime(frame)
     frame["path"] = image_relpaths(frame)
     frame.attrs["images_total"] = n_images

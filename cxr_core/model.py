@@ -19,7 +19,16 @@ from cxr_core.errors import CxrError
 EMBEDDED = "embedded"
 VISION_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 TEXT_SUFFIXES = ("query", "key", "value", "dense")
-ATTENTION_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "query", "key", "value", "attention.output.dense")
+ATTENTION_SUFFIXES = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
+    "query",
+    "key",
+    "value",
+    "attention.output.dense",
+)
 MLP_SUFFIXES = ("fc1", "fc2", "intermediate.dense", "output.dense")
 PRESETS = ("vision", "text", "attention", "mlp", "all_linear")
 LM_HEAD = "output"
@@ -56,7 +65,9 @@ def _arch_config(name: str):
 def _checked_model_path(name: str) -> str:
     """Resolve ``name``; a local folder (``embedded``, a path) must hold a ``config.json``."""
     path = resolve_model_name(name)
-    looks_local = name == EMBEDDED or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
+    looks_local = (
+        name == EMBEDDED or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
+    )
     if looks_local and not (Path(path) / "config.json").is_file():
         raise CxrError(
             f"model folder {path} holds no config.json; pass a folder written by save_pretrained, a hub id "
@@ -78,7 +89,9 @@ def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
     if name.startswith("arch:"):
         arch = name.split(":", 1)[1]
         if arch not in ARCHITECTURES:
-            raise CxrError(f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES))
+            raise CxrError(
+                f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES)
+            )
         return GitForCausalLM(_arch_config(arch))
     path = _checked_model_path(name)
     try:
@@ -101,7 +114,9 @@ def model_skeleton(name: str) -> nn.Module | None:
     if name.startswith("arch:"):
         arch = name.split(":", 1)[1]
         if arch not in ARCHITECTURES:
-            raise CxrError(f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES))
+            raise CxrError(
+                f"unknown architecture {arch!r}; use one of " + ", ".join(f"arch:{a}" for a in ARCHITECTURES)
+            )
         config = _arch_config(arch)
     else:
         path = _checked_model_path(name)
@@ -119,7 +134,9 @@ _TARGET_CACHE: dict[tuple[str, str], None] = {}
 def check_targets(model_name: str, targets: str | list[str]) -> None:
     """Raise CxrError when ``targets`` names no Linear layer of ``model_name`` (checked on a skeleton)."""
     if isinstance(targets, str) and targets not in PRESETS:
-        raise CxrError(f"unknown target preset {targets!r}; use one of {', '.join(PRESETS)} or a list of module names")
+        raise CxrError(
+            f"unknown target preset {targets!r}; use one of {', '.join(PRESETS)} or a list of module names"
+        )
     key = (model_name, repr(targets))
     if key in _TARGET_CACHE:
         return
@@ -134,7 +151,9 @@ def load_processor(name: str):
     from transformers import AutoProcessor
 
     if name.startswith("arch:"):
-        raise CxrError(f"{name} has random weights and no processor; it is only for planning (--dry-run) and benchmarks")
+        raise CxrError(
+            f"{name} has random weights and no processor; it is only for planning (--dry-run) and benchmarks"
+        )
     return AutoProcessor.from_pretrained(resolve_model_name(name))
 
 

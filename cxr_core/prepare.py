@@ -57,7 +57,9 @@ def mini_reports(frame: pd.DataFrame) -> pd.Series:
     """The mini report of every row, built column by column (same text as :func:`report.mini_report`)."""
     text = pd.Series("", index=frame.index, dtype=object)
     for label in LABELS:
-        table = NO_FINDING_SENTENCES if label == "No_Finding" else {v: sentence(label, v) for v in (1.0, 0.0, -1.0)}
+        table = (
+            NO_FINDING_SENTENCES if label == "No_Finding" else {v: sentence(label, v) for v in (1.0, 0.0, -1.0)}
+        )
         part = frame[label].map(table).fillna("")
         text = text + np.where((text != "") & (part != ""), " ", "") + part
     return text
@@ -82,7 +84,9 @@ def split_frame(
     train_f, val_f, test_f = fractions
     first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_f + test_f, random_state=seed)
     train_idx, rest_idx = next(first.split(np.zeros(len(groups)), y.to_numpy()))
-    second = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_f / (val_f + test_f), random_state=seed)
+    second = MultilabelStratifiedShuffleSplit(
+        n_splits=1, test_size=test_f / (val_f + test_f), random_state=seed
+    )
     val_sub, test_sub = next(second.split(np.zeros(len(rest_idx)), y.to_numpy()[rest_idx]))
     parts = {"train": groups[train_idx], "val": groups[rest_idx[val_sub]], "test": groups[rest_idx[test_sub]]}
     return {name: frame[frame[key].isin(ids)].reset_index(drop=True) for name, ids in parts.items()}
@@ -168,7 +172,9 @@ def read_split(split_dir: str | Path, split: str) -> pd.DataFrame:
         raise CxrError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     path = Path(split_dir) / f"{split}_split.csv"
     if not path.is_file():
-        raise CxrError(f"{path} does not exist; run `python -m jobs.prepare_data --mimic-root DIR --out {split_dir}`")
+        raise CxrError(
+            f"{path} does not exist; run `python -m jobs.prepare_data --mimic-root DIR --out {split_dir}`"
+        )
     frame = pd.read_csv(path)
     if frame.empty:
         raise CxrError(f"{path} has no rows; prepare the data again with a larger --per-label")

@@ -64,7 +64,9 @@ def mini_report(labels: Mapping[str, float] | Sequence[float]) -> str:
     values = [labels.get(name) for name in LABELS] if isinstance(labels, Mapping) else list(labels)
     if len(values) != len(LABELS):
         raise ValueError(f"expected {len(LABELS)} label values, got {len(values)}")
-    return " ".join(sentence(name, float(v)) for name, v in zip(LABELS, values, strict=True) if not _is_blank(v))
+    return " ".join(
+        sentence(name, float(v)) for name, v in zip(LABELS, values, strict=True) if not _is_blank(v)
+    )
 
 
 # Lower-cased sentence -> (label, value); matching is case- and whitespace-insensitive so that an uncased

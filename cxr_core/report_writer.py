@@ -52,13 +52,17 @@ def write_report(results: str | Path, *, out: str | Path | None = None, metric: 
             analysis.summary_markdown(table, metric=metric, mode=mode, baseline=baseline, name=results.name)
         )
         if baseline is not None:
-            (tmp / "baseline.json").write_text(json.dumps({k: v for k, v in baseline.items() if k != "per_label"}))
+            (tmp / "baseline.json").write_text(
+                json.dumps({k: v for k, v in baseline.items() if k != "per_label"})
+            )
         kinds = table.get("peak_mem_kind")
         kind = str(kinds.dropna().iloc[0]) if kinds is not None and kinds.notna().any() else ""
         if "val_loss" in epochs:
             plots.val_loss_curves(epochs, tmp)
         if f"best_{metric}" in table:
-            plots.quality_vs_params(table, tmp, metric=metric, baseline=baseline.get(metric) if baseline else None)
+            plots.quality_vs_params(
+                table, tmp, metric=metric, baseline=baseline.get(metric) if baseline else None
+            )
         if "peak_mem_mb" in table:
             plots.cost_per_method(table, tmp, memory_kind=kind)
     except BaseException:

@@ -211,13 +211,22 @@ def load_study(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CxrError(f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
+        raise CxrError(
+            f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}; fix the syntax"
+        ) from None
     if not isinstance(raw, dict):
-        raise CxrError(f"{path}: a search space must be a mapping with `arms:` (and `defaults:`), got {type(raw).__name__}")
+        raise CxrError(
+            f"{path}: a search space must be a mapping with `arms:` (and `defaults:`), got {type(raw).__name__}"
+        )
     raw = apply_overrides(raw, overrides, path)
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
-        raise _fail(path, unknown[0], raw[unknown[0]], f"unknown key; valid top-level keys: {', '.join(sorted(TOP_KEYS))}")
+        raise _fail(
+            path,
+            unknown[0],
+            raw[unknown[0]],
+            f"unknown key; valid top-level keys: {', '.join(sorted(TOP_KEYS))}",
+        )
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise _fail(path, "defaults", defaults, "must be a mapping")
@@ -267,7 +276,12 @@ def _scheduler(node, path: str) -> dict:
         raise _fail(path, "scheduler", node, "give a mapping such as {type: asha, grace_period: 1}")
     unknown = sorted(set(node) - SCHEDULER_KEYS)
     if unknown:
-        raise _fail(path, f"scheduler.{unknown[0]}", node[unknown[0]], f"unknown key; valid: {', '.join(sorted(SCHEDULER_KEYS))}")
+        raise _fail(
+            path,
+            f"scheduler.{unknown[0]}",
+            node[unknown[0]],
+            f"unknown key; valid: {', '.join(sorted(SCHEDULER_KEYS))}",
+        )
     if node.get("type", "fifo") not in SCHEDULERS:
         raise _fail(path, "scheduler.type", node.get("type"), f"use one of {', '.join(SCHEDULERS)}")
     for key in ("grace_period", "reduction_factor", "max_t"):

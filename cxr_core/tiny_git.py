@@ -309,7 +309,9 @@ def caption_metrics(
         tokens += int(mask.sum())
         n += len(captions)
         if generate:
-            ids = model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=inputs["input_ids"].shape[1] + 8)
+            ids = model.generate(
+                pixel_values=inputs["pixel_values"], max_new_tokens=inputs["input_ids"].shape[1] + 8
+            )
             texts = processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
             exact += sum(_normal(t) == _normal(c) for t, c in zip(texts, captions, strict=True))
     metrics = {"loss": loss_sum / tokens, "token_accuracy": correct / tokens, "n": n}
@@ -374,7 +376,9 @@ def pretrain(
     if steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps}")
     out_dir = Path(out_dir)
-    args = PretrainArgs(steps=steps, seed=seed, batch_size=batch_size, lr=lr, eval_size=eval_size, threads=threads)
+    args = PretrainArgs(
+        steps=steps, seed=seed, batch_size=batch_size, lr=lr, eval_size=eval_size, threads=threads
+    )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -391,7 +395,9 @@ def pretrain(
         torch.set_num_threads(previous_threads)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    record = _record(model, args, command or _default_command(out_dir, steps, seed), wall, curve, initial, final)
+    record = _record(
+        model, args, command or _default_command(out_dir, steps, seed), wall, curve, initial, final
+    )
     (out_dir / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
     record["folder_bytes"] = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     (out_dir / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -400,7 +406,9 @@ def pretrain(
 
 def _held_out_batches(processor: GitProcessor, args: PretrainArgs) -> list[tuple[dict, list[str]]]:
     rng = np.random.default_rng([args.seed, 1])  # stream 1: held out; training draws from stream 0
-    sizes = [min(args.eval_batch_size, args.eval_size - i) for i in range(0, args.eval_size, args.eval_batch_size)]
+    sizes = [
+        min(args.eval_batch_size, args.eval_size - i) for i in range(0, args.eval_size, args.eval_batch_size)
+    ]
     return [synthetic_batch(processor, k, rng) for k in sizes]
 
 
@@ -464,7 +472,8 @@ def _record(model, args: PretrainArgs, command, wall, curve, initial, final) -> 
             "random_init": rounded,
             "pretrained": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in final.items()},
         },
-        "task": "synthetic shapes captioning, e.g. " + repr(scene_caption(sample_scene(np.random.default_rng(7)))),
+        "task": "synthetic shapes captioning, e.g. "
+        + repr(scene_caption(sample_scene(np.random.default_rng(7)))),
         "loss_note": "mean cross-entropy over caption tokens ([SEP] included); random init ~ ln(vocab)",
         "math_ln_vocab": round(math.log(model.config.vocab_size), 4),
     }

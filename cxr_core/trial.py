@@ -144,7 +144,7 @@ def train_epoch(s: Setup, epoch: int) -> dict:
             _optimizer_step(s)
             step_in_accum = 0
         n_tok = int((batch["labels"][:, 1:] != -100).sum())
-        loss_sum += float(loss) * n_tok
+        loss_sum += loss.item() * n_tok
         tokens += n_tok
         samples += batch["input_ids"].shape[0]
     if step_in_accum:
@@ -182,7 +182,7 @@ def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str]]:
             loss = s.model(**batch).loss
             out = s.model.generate(pixel_values=batch["pixel_values"], max_new_tokens=cfg.max_new_tokens)
         n_tok = int((batch["labels"][:, 1:] != -100).sum())
-        loss_sum += float(loss) * n_tok
+        loss_sum += loss.item() * n_tok
         tokens += n_tok
         generated.extend(s.processor.batch_decode(out, skip_special_tokens=True))
     metrics = report_metrics(generated, data.reports, uncertain=cfg.uncertain)

@@ -151,7 +151,9 @@ def load_results(path: str | Path):
         if not p.is_dir():
             raise CxrError(f"results folder {path} does not exist; pass ray_results/NAME of a sweep")
         if not any(p.glob("experiment_state-*.json")):
-            raise CxrError(f"{path} holds no Tune experiment (no experiment_state-*.json); is it a sweep's folder?")
+            raise CxrError(
+                f"{path} holds no Tune experiment (no experiment_state-*.json); is it a sweep's folder?"
+            )
         path = str(p.resolve())
     return tune.Tuner.restore(path, trainable=tune.with_resources(trainable, _resources)).get_results()
 

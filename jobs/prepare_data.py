@@ -17,7 +17,9 @@ from jobs._cli import main_guard
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--mimic-root", required=True, help="MIMIC-CXR-JPG root (holds mimic-cxr-2.0.0-*.csv.gz, files/)")
+    p.add_argument(
+        "--mimic-root", required=True, help="MIMIC-CXR-JPG root (holds mimic-cxr-2.0.0-*.csv.gz, files/)"
+    )
     p.add_argument("--out", required=True, help="folder for train_split.csv, val_split.csv, test_split.csv")
     p.add_argument("--per-label", type=int, default=5000, help="quota of images per label (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of the split")
@@ -43,7 +45,9 @@ def main(argv=None) -> None:
     )
     rows = summary["rows"]
     print(json.dumps({k: summary[k] for k in ("sampled", "rows", "dropped_view", "dropped_missing_file")}))
-    print(f"wrote {args.out}/{{train,val,test}}_split.csv: {rows['train']} / {rows['val']} / {rows['test']} rows")
+    print(
+        f"wrote {args.out}/{{train,val,test}}_split.csv: {rows['train']} / {rows['val']} / {rows['test']} rows"
+    )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def main(argv=None) -> None:
 
         target = Path(args.storage or "ray_results") / (args.name or study.name)
         if target.exists():
-            raise CxrError(f"{target} exists already; pick another --name (earlier results are never overwritten)")
+            raise CxrError(
+                f"{target} exists already; pick another --name (earlier results are never overwritten)"
+            )
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
     grid = run_study(study, name=args.name, storage=args.storage, verbose=0 if args.quiet else 1)
     errors = sum(1 for r in grid if r.error is not None)

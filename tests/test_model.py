@@ -50,6 +50,8 @@ def test_unknown_target_module_lists_valid_names(git_base):
     with pytest.raises(CxrError) as err:
         resolve_targets(git_base, ["q_proj", "qkv"])
     msg = str(err.value)
-    assert "'qkv' matches no Linear layer" in msg and "self_attn.q_proj" in msg and "attention.self.query" in msg
+    assert (
+        "'qkv' matches no Linear layer" in msg and "self_attn.q_proj" in msg and "attention.self.query" in msg
+    )
     with pytest.raises(CxrError, match="unknown target preset 'visual'"):
         resolve_targets(git_base, "visual")

@@ -103,7 +103,9 @@ def test_split_grouped_by_patient_and_stratified():
     frame["dicom_id"] = [f"d{i}" for i in range(n)]
     parts = split_frame(frame, seed=0)
     subjects = [set(p["subject_id"]) for p in parts.values()]
-    assert not (subjects[0] & subjects[1]) and not (subjects[0] & subjects[2]) and not (subjects[1] & subjects[2])
+    assert (
+        not (subjects[0] & subjects[1]) and not (subjects[0] & subjects[2]) and not (subjects[1] & subjects[2])
+    )
     assert sum(len(p) for p in parts.values()) == n
     share = len(parts["train"]) / n
     assert 0.5 < share < 0.7

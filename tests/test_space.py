@@ -39,7 +39,9 @@ def test_shipped_spaces_load_and_validate(path, monkeypatch):
     study = load_study(path, overrides=["data.split_dir=."])
     assert study.arms and {a.spec["method"] for a in study.arms} <= {"fft", "lora"}
     text = path.read_text()
-    assert text.startswith("#") and "python -m jobs." in text and "--set" in text  # header: purpose, command, override
+    assert (
+        text.startswith("#") and "python -m jobs." in text and "--set" in text
+    )  # header: purpose, command, override
 
 
 def test_demo_has_eight_trials_fft_two_lrs_lora_two_ranks_per_preset(monkeypatch):
@@ -64,7 +66,10 @@ def test_arms_expand_with_own_ranges(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("r: {grid_search: [4, 8]}", "r: {grid_search: [0, 8]}"), "`lora.r` must be a positive integer, got 0"),
+        (
+            ("r: {grid_search: [4, 8]}", "r: {grid_search: [0, 8]}"),
+            "`lora.r` must be a positive integer, got 0",
+        ),
         (("loguniform: [1e-5, 1e-3]", "loguniform: [-1, 1e-3]"), "a log scale needs low > 0"),
         (("{grid_search: [vision, text]}", "{grid_search: []}"), "the list is empty"),
         (("{grid_search: [vision, text]}", "{grid_search: [vision, textt]}"), "unknown target preset 'textt'"),
