@@ -1,7 +1,7 @@
 """Typed configuration of one trial, built from a (resolved) dict; unknown keys and wrong types fail early.
 
 A trial config is what one arm of a search space becomes once Tune has picked a value for every
-distribution: ``{name, method, model, data, train, lora, eval, resources}``.
+distribution: ``{name, method, model, data, train, lora, fft, evaluation, resources}``.
 """
 
 from __future__ import annotations
@@ -61,6 +61,16 @@ class LoraConfigSection:
     alpha: float | None = None
     dropout: float = 0.0
     target_modules: str | list[str] = "all_linear"
+    bias: str = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+@dataclass
+class FftConfigSection:
+    """Full fine-tuning settings: ``freeze`` a tower (``vision`` or ``text``) for partial baselines."""
+
+    freeze: str = "none"
 
 
 @dataclass
@@ -88,6 +98,7 @@ class TrialConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfigSection = field(default_factory=LoraConfigSection)
+    fft: FftConfigSection = field(default_factory=FftConfigSection)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     resources: Resources = field(default_factory=Resources)
     keep_checkpoints: int = 1
@@ -122,6 +133,11 @@ class TrialConfig:
                 lo.target_modules,
                 "give a preset or a non-empty list",
             )
+        if self.method == "lora":
+            need(self.lora.bias in ("none", "all", "lora_only"), "lora.bias", self.lora.bias,
+                 "use none, all or lora_only")  # fmt: skip
+        need(self.fft.freeze in ("none", "vision", "text"), "fft.freeze", self.fft.freeze,
+             "use none, vision or text")  # fmt: skip
         need(
             self.evaluation.max_new_tokens >= 1,
             "evaluation.max_new_tokens",

@@ -209,35 +209,82 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     return chosen
 
 
+FREEZE = ("none", "vision", "text")
+LORA_BIAS = ("none", "all", "lora_only")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """How the backbone is adapted.
 
     Attributes:
-        method: ``fft`` (every parameter trains) or ``lora``.
+        method: ``fft`` (every parameter trains, but see ``freeze``) or ``lora``.
+        freeze: FFT only: ``vision`` freezes the image encoder, ``text`` the text decoder (embeddings,
+            layers and LM head) - partial fine-tuning baselines.
         r, alpha, dropout, targets: LoRA rank, alpha, dropout and target modules (preset or list).
+        bias, use_rslora, use_dora: passed to peft's ``LoraConfig``.
     """
 
     method: str = "fft"
+    freeze: str = "none"
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
     targets: str | tuple[str, ...] = "all_linear"
+    bias: str = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+def _tower_of(name: str) -> str:
+    if name.startswith("git.image_encoder."):
+        return "vision"
+    if name.startswith(("git.encoder.", "git.embeddings.", "output.")):
+        return "text"
+    return "other"  # visual projection, image-token embeddings
 
 
 def apply_method(model: nn.Module, spec: MethodSpec) -> nn.Module:
-    """Return the model ready to train: unchanged for FFT, wrapped by ``peft`` for LoRA."""
+    """Return the model ready to train: FFT (optionally with a frozen tower) or wrapped by ``peft`` for LoRA."""
     if spec.method == "fft":
-        for p in model.parameters():
-            p.requires_grad_(True)
+        if spec.freeze not in FREEZE:
+            raise CxrError(f"fft.freeze must be one of {', '.join(FREEZE)}, got {spec.freeze!r}")
+        for name, p in model.named_parameters():
+            p.requires_grad_(spec.freeze == "none" or _tower_of(name) != spec.freeze)
         return model
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        if spec.bias not in LORA_BIAS:
+            raise CxrError(f"lora.bias must be one of {', '.join(LORA_BIAS)}, got {spec.bias!r}")
         targets = resolve_targets(model, spec.targets if isinstance(spec.targets, str) else list(spec.targets))
-        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets)
+        config = LoraConfig(
+            r=spec.r,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=targets,
+            bias=spec.bias,
+            use_rslora=spec.use_rslora,
+            use_dora=spec.use_dora,
+        )
         return get_peft_model(model, config)
     raise CxrError(f"unknown method {spec.method!r}; use fft or lora")
+
+
+def method_spec(config) -> MethodSpec:
+    """The :class:`MethodSpec` of a :class:`cxr_core.config.TrialConfig`."""
+    lo = config.lora
+    return MethodSpec(
+        method=config.method,
+        freeze=config.fft.freeze,
+        r=lo.r,
+        alpha=config.lora_alpha,
+        dropout=lo.dropout,
+        targets=lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules),
+        bias=lo.bias,
+        use_rslora=lo.use_rslora,
+        use_dora=lo.use_dora,
+    )
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -192,11 +192,14 @@ def corner_configs(arm: Arm, *, limit: int = 4096) -> list[dict]:
     return out
 
 
-def load_study(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+def load_study(
+    path: str | Path, *, overrides: list[str] | tuple[str, ...] = (), check_paths: bool = True
+) -> Study:
     """Read, parse and validate a search-space YAML (every arm, every grid option, both ends of ranges).
 
     Args:
         overrides: ``key.path=value`` strings applied to ``defaults`` (or a top-level key), values in YAML.
+        check_paths: require the data folders to exist (off for planning with ``--dry-run``).
 
     Raises:
         CxrError: malformed YAML, an unknown key, a wrong type, an empty choice or an impossible value.
@@ -261,7 +264,7 @@ def load_study(path: str | Path, *, overrides: list[str] | tuple[str, ...] = ())
     )
     if study.mode not in ("max", "min"):
         raise _fail(path, "mode", study.mode, "use max or min")
-    validate_study(study)
+    validate_study(study, check_paths=check_paths)
     return study
 
 
@@ -301,11 +304,15 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
                 raise CxrError(f"arm {arm.name}: {exc} (in {study.path})") from None
     if check_paths:
         for cfg in checked:
-            split_dir = Path(cfg.data.split_dir)
-            if not split_dir.is_dir() and not Path(cfg.data.image_root).is_dir():
+            if not Path(cfg.data.split_dir).is_dir():
                 raise CxrError(
-                    f"arm {cfg.name}: data folder {cfg.data.split_dir} does not exist; run "
-                    f"`python -m jobs.prepare_data` or set data.split_dir (in {study.path})"
+                    f"arm {cfg.name}: `data.split_dir` = {cfg.data.split_dir!r} does not exist; run "
+                    f"`python -m jobs.prepare_data --out {cfg.data.split_dir}` or set data.split_dir (in {study.path})"
+                )
+            if not Path(cfg.data.image_root).is_dir():
+                raise CxrError(
+                    f"arm {cfg.name}: `data.image_root` = {cfg.data.image_root!r} does not exist; set it to the "
+                    f"MIMIC-CXR-JPG root that holds files/ (in {study.path})"
                 )
     for model in sorted({cfg.model for cfg in checked}):
         try:

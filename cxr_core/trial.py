@@ -25,7 +25,7 @@ import torch
 from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
 from cxr_core.metrics import report_metrics
-from cxr_core.model import MethodSpec, apply_method, load_model, load_processor, parameter_counts
+from cxr_core.model import apply_method, load_model, load_processor, method_spec, parameter_counts
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -42,21 +42,37 @@ def device_for(config: TrialConfig) -> torch.device:
 
 
 class MemoryMeter:
-    """Peak memory of this trial: CUDA ``max_memory_allocated``, or on CPU the process's peak RSS above its
-    RSS at the start of the trial (``ru_maxrss`` is a lifetime high-water mark, so a process that peaked
-    higher before the trial reports that earlier peak: Tune starts one process per trial, so it does not)."""
+    """Peak memory of the trial's model work: CUDA ``max_memory_allocated``, or on CPU the process's peak
+    resident set (VmHWM) above its RSS when :meth:`start` was called, with the data already in memory and
+    the libraries imported. So it covers weights, gradients, optimizer state and activations. The
+    high-water mark is reset at start through ``/proc/self/clear_refs``; where that is not possible the
+    lifetime peak (``ru_maxrss``) is used and the kind says so."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_peak_rss_above_baseline"
+        self.baseline = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
         self.baseline = psutil.Process().memory_info().rss
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            self.kind = "cpu_lifetime_peak_rss_above_baseline"
 
     def peak_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+        except OSError:
+            pass
         return max(peak - self.baseline, 0) / 2**20
 
 
@@ -88,32 +104,27 @@ def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
     return factor
 
 
-def setup(config: TrialConfig, *, resume_from: Path | None = None) -> Setup:
-    """Load processor, model (+ method), both splits, optimizer and schedule."""
+def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None = None) -> Setup:
+    """Load processor and both splits, then (memory metered from here) model + method, optimizer, schedule."""
     seed_everything(config.train.seed)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     device = device_for(config)
     processor = load_processor(config.model)
+    data = config.data
+    kw = dict(image_root=data.image_root, processor=processor, policy=data.image_policy)
+    train = load_split(data.split_dir, "train", limit=data.max_train, **kw)
+    val = load_split(data.split_dir, "val", limit=data.max_val, **kw)
+    import peft  # noqa: F401  (imported before metering for every method, so imports never count as memory)
+
+    meter.start()
     model = load_model(config.model)
-    spec = MethodSpec(
-        method=config.method,
-        r=config.lora.r,
-        alpha=config.lora_alpha,
-        dropout=config.lora.dropout,
-        targets=config.lora.target_modules
-        if isinstance(config.lora.target_modules, str)
-        else tuple(config.lora.target_modules),
-    )
+    spec = method_spec(config)
     model = apply_method(model, spec)
     start_epoch = 0
     if resume_from is not None:
         start_epoch = _load_checkpoint(model, resume_from)
     model.to(device)
-    data = config.data
-    kw = dict(image_root=data.image_root, processor=processor, policy=data.image_policy)
-    train = load_split(data.split_dir, "train", limit=data.max_train, **kw)
-    val = load_split(data.split_dir, "val", limit=data.max_val, **kw)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
     steps_per_epoch = math.ceil(len(train) / (config.train.batch_size * config.train.grad_accum))
@@ -224,7 +235,7 @@ def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path |
     cfg = config if isinstance(config, TrialConfig) else trial_config(config)
     wall_start = time.perf_counter()
     meter = MemoryMeter(device_for(cfg))
-    s = setup(cfg, resume_from=resume_from)
+    s = setup(cfg, meter=meter, resume_from=resume_from)
     trainable, total = parameter_counts(s.model)
     metrics: dict = {}
     for epoch in range(s.start_epoch, cfg.train.epochs):

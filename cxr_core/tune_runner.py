@@ -41,6 +41,19 @@ def param_space(study: Study) -> dict:
     return {"arm": tune.grid_search(variants)}
 
 
+def resolved_trials(study: Study, *, seed: int = 0) -> list[dict]:
+    """Every trial's config, resolved by Tune's own variant generator (grids expanded, ranges sampled with
+    ``seed``), in the order Tune would create them. Used by ``--dry-run``; no Ray instance is started."""
+    import random
+
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    random.seed(seed)
+    np.random.seed(seed)
+    return [spec["arm"] for _, spec in generate_variants(param_space(study))]
+
+
 def trainable(config: dict) -> None:
     """The Tune function trainable: one trial of :func:`cxr_core.trial.run_trial`."""
     from ray import tune
@@ -61,6 +74,14 @@ def trainable(config: dict) -> None:
 def _resources(config: dict) -> dict:
     res = config["arm"].get("resources") or {}
     return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
+
+
+def _trial_dirname(trial) -> str:
+    arm = trial.config.get("arm", {})
+    method = arm.get("method", "trial")
+    preset = arm.get("lora", {}).get("target_modules") if method == "lora" else None
+    tag = f"{method}-{preset}" if isinstance(preset, str) else method
+    return f"{arm.get('name', 'arm')}_{tag}_{trial.trial_id}"
 
 
 def _scheduler(study: Study):
@@ -122,6 +143,7 @@ def run_study(
             mode=study.mode,
             scheduler=_scheduler(study),
             max_concurrent_trials=study.max_concurrent_trials or None,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -179,16 +201,20 @@ def results_frame(path: str | Path):
     import pandas as pd
 
     grid = load_results(path)
+    # Trial status (TERMINATED / RUNNING / PENDING / ERROR) lives on the Trial objects behind the grid.
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    status_of = {Path(t.path).name: t.status for t in trials if getattr(t, "path", None)}
     rows = []
     for result in grid:
         config: dict = {}
         _flatten("config", (result.config or {}).get("arm", {}), config)
-        trial_id = Path(result.path).name if result.path else ""
+        folder = Path(result.path).name if result.path else ""
+        trial_id = result.metrics.get("trial_id") or folder
         error = None
         if result.error is not None:
             error = str(result.error).strip().splitlines()[-1][:300]
         history = result.metrics_dataframe
-        status = "ERROR" if error else ("TERMINATED" if result.metrics.get("done") else "RUNNING")
+        status = "ERROR" if error else status_of.get(folder, "UNKNOWN")
         base = {"trial_id": trial_id, "trial_path": result.path, "status": status, "error": error, **config}
         if history is None or history.empty:
             rows.append(base)

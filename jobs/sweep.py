@@ -24,6 +24,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of the defaults, e.g. --set train.epochs=2 (repeatable)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="build every trial's model, train nothing, write "
+                   "trials_plan.csv (parameter counts, estimated memory)")  # fmt: skip
+    p.add_argument("--model", help="with --dry-run: plan for this model instead (e.g. arch:git-base)")
+    p.add_argument("--plan-out", default="trials_plan.csv", help="with --dry-run: where the plan goes")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
     p.add_argument("--quiet", action="store_true", help="less progress output")
     return p.parse_args(argv)
@@ -35,9 +39,14 @@ def main(argv=None) -> None:
     from cxr_core.errors import CxrError
     from cxr_core.space import load_study
 
-    study = load_study(args.space, overrides=args.overrides)  # validates every arm before Ray starts
+    overrides = args.overrides + ([f"model={args.model}"] if args.model else [])
+    study = load_study(
+        args.space, overrides=overrides, check_paths=not args.dry_run
+    )  # validates every arm before Ray starts
     from cxr_core.tune_runner import init_ray, run_study
 
+    if args.dry_run:
+        return dry_run(study, out=args.plan_out)
     if args.storage is None or "://" not in args.storage:
         from pathlib import Path
 
@@ -51,6 +60,21 @@ def main(argv=None) -> None:
     errors = sum(1 for r in grid if r.error is not None)
     print(f"sweep finished: {len(grid)} trials, {errors} errored; results in {grid.experiment_path}")
     print(f"next: python -m jobs.analyze {grid.experiment_path}")
+
+
+def dry_run(study, *, out: str) -> None:
+    from pathlib import Path
+
+    from cxr_core.plan import plan_table
+    from cxr_core.tune_runner import resolved_trials
+
+    table = plan_table(resolved_trials(study))
+    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out)
+    shown = table.drop(columns=["arm", "seed"])
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"{len(table)} trials planned, nothing trained; plan written to {out}")
 
 
 if __name__ == "__main__":

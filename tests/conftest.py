@@ -34,3 +34,16 @@ def seed_sample():
     import pandas as pd
 
     return pd.read_csv(FIXTURES / "seed_val_split_sample.csv")
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory):
+    """A small synthetic MIMIC-layout root and its prepared splits (real generator, real prepare step)."""
+    from cxr_core.prepare import prepare_splits
+    from cxr_core.synthetic import make_synthetic
+
+    base = tmp_path_factory.mktemp("small_data")
+    root, splits = base / "mimic", base / "splits"
+    make_synthetic(root, n_patients=120, seed=1, image_size=128)
+    prepare_splits(root, splits, per_label=15, seed=0)
+    return root, splits

@@ -91,7 +91,7 @@ def test_validation_errors_name_key_value_and_file(tmp_path, edit, message):
 def test_malformed_yaml_and_missing_data(tmp_path):
     with pytest.raises(CxrError, match=r"malformed YAML .* at line 2"):
         load_study(write(tmp_path, "arms:\n  - name: [unclosed\n"))
-    with pytest.raises(CxrError, match="data folder .*nope does not exist"):
+    with pytest.raises(CxrError, match="`data.split_dir` = .*nope.* does not exist"):
         load_study(write(tmp_path, BASE % {"data": tmp_path / "nope"}))
 
 

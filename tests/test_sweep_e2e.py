@@ -1,0 +1,119 @@
+"""The sweep and the analysis, end to end: real Ray Tune, two tiny trials, then the report is checked."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from cxr_core.labels import LABELS
+from cxr_core.report import parse_report
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+SPACE = """
+name: e2e
+metric: label_f1_micro
+mode: max
+defaults:
+  model: embedded
+  data: {{split_dir: {splits}, image_root: {root}, max_train: 48, max_val: 24}}
+  train: {{epochs: 2, batch_size: 16, num_threads: 1}}
+  evaluation: {{max_new_tokens: 40}}
+  resources: {{cpu: 1}}
+arms:
+  - name: fft
+    method: fft
+    train: {{lr: 1.0e-3}}
+  - name: lora
+    method: lora
+    lora: {{r: 4, target_modules: all_linear}}
+    train: {{lr: 5.0e-3}}
+"""
+
+
+def run(*args, cwd=REPO):
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep(small_data, tmp_path_factory):
+    root, splits = small_data
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = tmp / "space.yaml"
+    space.write_text(SPACE.format(splits=splits, root=root))
+    run("jobs.sweep", str(space), "--name", "e2e", "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet")
+    run("jobs.analyze", str(tmp / "rr" / "e2e"))
+    return tmp / "rr" / "e2e", splits
+
+
+def test_report_files(sweep):
+    path, _ = sweep
+    report = path / "report"
+    for name in ("trials.csv", "epochs.csv", "summary.md", "val_loss_curves.png",
+                 "quality_vs_trainable_params.png", "cost_per_method.png"):  # fmt: skip
+        assert (report / name).is_file(), name
+    for png in report.glob("*.png"):
+        assert png.stat().st_size > 10_000  # a real figure, not an empty canvas
+
+
+def test_trials_table_numbers(sweep):
+    path, _ = sweep
+    trials = pd.read_csv(path / "report" / "trials.csv")
+    epochs = pd.read_csv(path / "report" / "epochs.csv")
+    assert sorted(trials["variant"]) == ["fft", "lora:all_linear"]
+    assert (trials["status"] == "TERMINATED").all() and (trials["epochs_done"] == 2).all()
+    for _, row in trials.iterrows():
+        mine = epochs[epochs["trial_id"] == row["trial_id"]]
+        assert row["best_label_f1_micro"] == pytest.approx(mine["label_f1_micro"].max())
+        assert row["final_val_loss"] == pytest.approx(mine.sort_values("epoch")["val_loss"].iloc[-1])
+
+
+def test_parameter_counts_match_the_model(sweep):
+    from torch import nn
+
+    from cxr_core.model import load_model
+
+    path, _ = sweep
+    trials = pd.read_csv(path / "report" / "trials.csv").set_index("variant")
+    model = load_model("embedded")
+    total = sum(p.numel() for p in model.parameters())
+    lora = sum(4 * (m.in_features + m.out_features) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n != "output")  # fmt: skip
+    assert trials.loc["fft", "trainable_params"] == total == trials.loc["fft", "total_params"]
+    assert trials.loc["lora:all_linear", "trainable_params"] == lora
+    assert trials.loc["lora:all_linear", "total_params"] == total + lora
+
+
+def test_constant_baseline_computed_independently(sweep):
+    path, splits = sweep
+    baseline = json.loads((path / "report" / "baseline.json").read_text())
+    train = pd.read_csv(splits / "train_split.csv")
+    val = pd.read_csv(splits / "val_split.csv").head(24)
+    report = Counter(train["mini_report"]).most_common(1)[0][0]
+    pred = np.array([parse_report(report).values] * len(val)) == 1.0
+    true = val[list(LABELS)].to_numpy() == 1.0
+    assert baseline["label_f1_micro"] == pytest.approx(f1_score(true, pred, average="micro", zero_division=0))
+    assert baseline["report"] == report
+
+
+def test_checkpoints_reload(sweep):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from cxr_core.model import load_model
+
+    path, _ = sweep
+    lora_ckpts = sorted(path.glob("lora_*/checkpoint_*/model"))
+    fft_ckpts = sorted(path.glob("fft_*/checkpoint_*/model"))
+    assert lora_ckpts and fft_ckpts
+    assert not list(lora_ckpts[0].glob("model.safetensors"))  # adapters only, never the base model
+    PeftModel.from_pretrained(load_model("embedded"), lora_ckpts[-1])
+    AutoModelForCausalLM.from_pretrained(fft_ckpts[-1])
