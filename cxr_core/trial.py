@@ -179,27 +179,48 @@ def _optimizer_step(s: Setup) -> None:
     s.optimizer.zero_grad(set_to_none=True)
 
 
-@torch.no_grad()
 def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str]]:
-    """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split."""
-    s.model.eval()
-    cfg = s.config.evaluation
+    """Every metric of ``data`` for the trial's model (see :func:`evaluate_model`)."""
+    return evaluate_model(s.model, s.processor, data, evaluation=s.config.evaluation, device=s.device)
+
+
+@torch.no_grad()
+def evaluate_model(
+    model, processor, data: SplitData, *, evaluation, device: torch.device
+) -> tuple[dict, list[str]]:
+    """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split.
+
+    Returns:
+        (metrics with ``per_label``, the generated reports).
+    """
+    model.eval()
     start = time.perf_counter()
     loss_sum, tokens = 0.0, 0
     generated: list[str] = []
-    for batch in batches(data, batch_size=cfg.batch_size, pad_id=s.pad_id):
-        batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
-            loss = s.model(**batch).loss
-            out = s.model.generate(pixel_values=batch["pixel_values"], max_new_tokens=cfg.max_new_tokens)
+    pad_id = processor.tokenizer.pad_token_id
+    for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**batch).loss
+            out = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=evaluation.max_new_tokens)
         n_tok = int((batch["labels"][:, 1:] != -100).sum())
         loss_sum += loss.item() * n_tok
         tokens += n_tok
-        generated.extend(s.processor.batch_decode(out, skip_special_tokens=True))
-    metrics = report_metrics(generated, data.reports, uncertain=cfg.uncertain)
+        generated.extend(processor.batch_decode(out, skip_special_tokens=True))
+    metrics = report_metrics(generated, data.reports, uncertain=evaluation.uncertain)
     metrics["val_loss"] = loss_sum / max(tokens, 1)
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics, generated
+
+
+def load_checkpoint_model(config: TrialConfig, folder: Path) -> torch.nn.Module:
+    """The model saved in a checkpoint folder: base + PEFT adapter for LoRA, the full model for FFT."""
+    weights = Path(folder) / "model"
+    if config.method == "lora":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(load_model(config.model), weights)
+    return load_model(str(weights))
 
 
 def save_checkpoint(s: Setup, folder: Path, epoch: int) -> int:

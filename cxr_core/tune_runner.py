@@ -107,6 +107,10 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, dashboa
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Trial processes inherit these: no per-trial download/loading progress bars in the sweep's output.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     kwargs: dict = {"include_dashboard": dashboard, "log_to_driver": True}
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
@@ -222,3 +226,41 @@ def results_frame(path: str | Path):
         for rec in history.to_dict("records"):
             rows.append({**base, **{k: v for k, v in rec.items() if not k.startswith("config/")}})
     return pd.DataFrame(rows)
+
+
+def best_checkpoints(path: str | Path, *, metric: str, mode: str, group_by: str = "method") -> list[dict]:
+    """For each group (``method``, or ``variant`` = method + LoRA preset), the trial whose best validation
+    ``metric`` is best, and that trial's best checkpoint (chosen on validation only).
+
+    Returns:
+        ``[{group, trial_id, config (the arm dict), checkpoint_path, val_<metric>}]``.
+    """
+    best: dict[str, dict] = {}
+    for result in load_results(path):
+        arm = (result.config or {}).get("arm")
+        if not arm or result.metrics_dataframe is None or metric not in result.metrics_dataframe:
+            continue
+        try:
+            checkpoint = result.get_best_checkpoint(metric, mode)
+        except (RuntimeError, ValueError):
+            checkpoint = None
+        if checkpoint is None:
+            continue
+        history = result.metrics_dataframe[metric].dropna()
+        value = float(history.max() if mode == "max" else history.min())
+        group = arm["method"]
+        if group_by == "variant" and arm["method"] == "lora":
+            targets = arm.get("lora", {}).get("target_modules", "?")
+            group = f"lora:{targets if isinstance(targets, str) else ','.join(targets)}"
+        better = group not in best or (
+            value > best[group][f"val_{metric}"] if mode == "max" else value < best[group][f"val_{metric}"]
+        )
+        if better:
+            best[group] = {
+                "group": group,
+                "trial_id": result.metrics.get("trial_id", Path(result.path).name),
+                "config": arm,
+                "checkpoint_path": checkpoint.path,
+                f"val_{metric}": value,
+            }
+    return [best[k] for k in sorted(best)]

@@ -1,0 +1,55 @@
+"""Test evaluation: the best checkpoint of each method (chosen on validation) scored on a held-out split."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from cxr_core.config import trial_config
+from cxr_core.dataset import load_split
+from cxr_core.errors import CxrError
+from cxr_core.model import load_processor
+from cxr_core.trial import device_for, evaluate_model, load_checkpoint_model
+
+
+def evaluate_best(
+    results: str | Path,
+    *,
+    split: str = "test",
+    metric: str = "label_f1_micro",
+    mode: str = "max",
+    group_by: str = "method",
+    out: str | Path,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Evaluate the best checkpoint per group on ``split``; writes ``{split}_metrics.csv`` (one row per group)
+    and ``{split}_per_label.csv`` (group x label: precision, recall, F1, support) into ``out``."""
+    from cxr_core.tune_runner import best_checkpoints
+
+    picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by)
+    if not picks:
+        raise CxrError(f"{results}: no trial has a checkpoint with metric {metric!r} yet; nothing to evaluate")
+    rows, label_rows = [], []
+    for pick in picks:
+        cfg = trial_config(pick["config"])
+        processor = load_processor(cfg.model)
+        data = load_split(cfg.data.split_dir, split, image_root=cfg.data.image_root, processor=processor,
+                          policy=cfg.data.image_policy)  # fmt: skip
+        device = device_for(cfg)
+        model = load_checkpoint_model(cfg, Path(pick["checkpoint_path"])).to(device)
+        metrics, _ = evaluate_model(model, processor, data, evaluation=cfg.evaluation, device=device)
+        per_label = metrics.pop("per_label")
+        metrics[f"{split}_loss"] = metrics.pop("val_loss")
+        rows.append({"group": pick["group"], "trial_id": pick["trial_id"], "checkpoint": pick["checkpoint_path"],
+                     f"val_{metric}": pick[f"val_{metric}"], "n": len(data), **metrics})  # fmt: skip
+        for label, values in per_label.items():
+            label_rows.append({"group": pick["group"], "label": label, **values})
+    table, labels = pd.DataFrame(rows), pd.DataFrame(label_rows)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for frame, name in ((table, f"{split}_metrics.csv"), (labels, f"{split}_per_label.csv")):
+        tmp = out / f".{name}.tmp"
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, out / name)
+    return table, labels
