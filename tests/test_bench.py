@@ -1,0 +1,33 @@
+"""The benchmark scripts run (tiny sizes) and print their JSON last line; bench/gpu.py works on a CPU."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def last_json(*args):
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_bench_runs_on_cpu_at_tiny_size():
+    result = last_json("bench.gpu", "--tiny", "--device", "cpu", "--steps", "1")
+    rows = {r["config"]: r for r in result["rows"]}
+    assert set(rows) >= {"fft", "fft_freeze_vision", "lora_r16_vision", "lora_r16_all_linear"}
+    assert rows["fft"]["trainable_params"] == rows["fft"]["total_params"]
+    assert rows["fft_freeze_vision"]["trainable_params"] < rows["fft"]["trainable_params"]
+    assert rows["lora_r16_all_linear"]["trainable_params"] > rows["lora_r16_vision"]["trainable_params"] > 0
+    assert all(r["samples_per_s"] > 0 and r["mfu"] >= 0 for r in rows.values())
+
+
+def test_step_overhead_bench_small():
+    result = last_json("bench.step_overhead", "--samples", "32", "--rounds", "1")
+    assert result["bare_epoch_s"] > 0 and result["trial_epoch_s"] > 0
+    assert result["overhead"] == pytest.approx(result["trial_epoch_s"] / result["bare_epoch_s"] - 1, abs=1e-3)
