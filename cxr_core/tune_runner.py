@@ -163,6 +163,31 @@ def run_study(
     return tuner.fit()
 
 
+def resume_study(path: str, *, retry_errored: bool = False, verbose: int = 1):
+    """Continue an interrupted sweep from its folder with ``Tuner.restore``: finished trials are kept and not
+    rerun, unfinished ones continue from their last checkpoint, errored ones restart from their last
+    checkpoint only with ``retry_errored``.
+
+    Returns:
+        Tune's ResultGrid of the whole sweep.
+    """
+    from ray import tune
+
+    if "://" not in path:
+        p = Path(path)
+        if not p.is_dir() or not any(p.glob("experiment_state-*.json")):
+            raise CxrError(f"{path} holds no Tune experiment to resume; check --name and --storage")
+        path = str(p.resolve())
+    tuner = tune.Tuner.restore(
+        path,
+        trainable=tune.with_resources(trainable, _resources),
+        resume_unfinished=True,
+        resume_errored=retry_errored,
+        restart_errored=False,
+    )
+    return tuner.fit()
+
+
 def load_results(path: str | Path):
     """Tune's ResultGrid of a finished (or partial) experiment folder.
 
@@ -182,6 +207,15 @@ def load_results(path: str | Path):
             )
         path = str(p.resolve())
     return tune.Tuner.restore(path, trainable=tune.with_resources(trainable, _resources)).get_results()
+
+
+def trial_statuses(grid) -> dict[str, str]:
+    """{trial folder name: TERMINATED | RUNNING | PENDING | PAUSED | ERROR} for a ResultGrid.
+
+    The status lives on the Trial objects behind the grid (not on ``Result``), hence the private access.
+    """
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    return {Path(t.path).name: t.status for t in trials if getattr(t, "path", None)}
 
 
 def _flatten(prefix: str, node, out: dict) -> None:
@@ -205,9 +239,7 @@ def results_frame(path: str | Path):
     import pandas as pd
 
     grid = load_results(path)
-    # Trial status (TERMINATED / RUNNING / PENDING / ERROR) lives on the Trial objects behind the grid.
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
-    status_of = {Path(t.path).name: t.status for t in trials if getattr(t, "path", None)}
+    status_of = trial_statuses(grid)
     rows = []
     for result in grid:
         config: dict = {}

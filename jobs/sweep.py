@@ -10,6 +10,8 @@ Example (CPU, embedded default, a few minutes):
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from jobs._cli import main_guard
 
@@ -28,6 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "trials_plan.csv (parameter counts, estimated memory)")  # fmt: skip
     p.add_argument("--model", help="with --dry-run: plan for this model instead (e.g. arch:git-base)")
     p.add_argument("--plan-out", default="trials_plan.csv", help="with --dry-run: where the plan goes")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME")
+    p.add_argument("--retry-errored", action="store_true", help="with --resume: retry errored trials too")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
     p.add_argument("--quiet", action="store_true", help="less progress output")
     return p.parse_args(argv)
@@ -43,28 +47,44 @@ def main(argv=None) -> None:
     study = load_study(
         args.space, overrides=overrides, check_paths=not args.dry_run
     )  # validates every arm before Ray starts
-    from cxr_core.tune_runner import init_ray, run_study
+    from cxr_core.tune_runner import init_ray, resume_study, run_study, trial_statuses
 
     if args.dry_run:
         return dry_run(study, out=args.plan_out)
-    if args.storage is None or "://" not in args.storage:
-        from pathlib import Path
-
-        target = Path(args.storage or "ray_results") / (args.name or study.name)
-        if target.exists():
-            raise CxrError(
-                f"{target} exists already; pick another --name (earlier results are never overwritten)"
-            )
+    name = args.name or study.name
+    storage = args.storage or "ray_results"
+    target = f"{storage.rstrip('/')}/{name}"
+    local = "://" not in storage
+    if local and Path(target).exists() and not args.resume:
+        raise CxrError(f"{target} exists already; pass --resume to continue it, or pick another --name "
+                       "(earlier results are never overwritten)")  # fmt: skip
+    if args.resume and local and not Path(target).exists():
+        raise CxrError(f"--resume: {target} does not exist; check --name and --storage")
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
-    grid = run_study(study, name=args.name, storage=args.storage, verbose=0 if args.quiet else 1)
-    errors = sum(1 for r in grid if r.error is not None)
-    print(f"sweep finished: {len(grid)} trials, {errors} errored; results in {grid.experiment_path}")
+    resume_hint = f"python -m jobs.sweep {args.space} --name {name}" + (
+        f" --storage {args.storage}" if args.storage else "") + " --resume"  # fmt: skip
+    verbose = 0 if args.quiet else 1
+    try:
+        if args.resume:
+            grid = resume_study(target, retry_errored=args.retry_errored, verbose=verbose)
+        else:
+            grid = run_study(study, name=name, storage=args.storage, verbose=verbose)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
+        sys.exit(130)
+    statuses = list(trial_statuses(grid).values())
+    errors = statuses.count("ERROR")
+    unfinished = len(statuses) - errors - statuses.count("TERMINATED")
+    print(f"sweep finished: {len(grid)} trials, {errors} errored, {unfinished} unfinished; "
+          f"results in {grid.experiment_path}")  # fmt: skip
+    if unfinished:
+        print(f"continue the unfinished trials with: {resume_hint}")
+    if errors:
+        print(f"retry the errored trials with: {resume_hint} --retry-errored")
     print(f"next: python -m jobs.analyze {grid.experiment_path}")
 
 
 def dry_run(study, *, out: str) -> None:
-    from pathlib import Path
-
     from cxr_core.plan import plan_table
     from cxr_core.tune_runner import resolved_trials
 
