@@ -56,13 +56,16 @@ def resolved_trials(study: Study, *, seed: int = 0) -> list[dict]:
 
 def trainable(config: dict) -> None:
     """The Tune function trainable: one trial of :func:`cxr_core.trial.run_trial`."""
+    import ray
     from ray import tune
 
     from cxr_core.trial import run_trial
 
+    node_id = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, folder: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
 
     resume = None
     checkpoint = tune.get_checkpoint()
