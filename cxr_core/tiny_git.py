@@ -157,8 +157,8 @@ def tiny_git_config(tokenizer: BertTokenizerFast) -> GitConfig:
 
     Sized so that full fine-tuning on 64 px images with ~45-token texts runs at >= 80 samples/s on one CPU
     thread (docs/tiny_git.md). Two departures from GIT-base's defaults, both for a 128-wide model trained
-    briefly: ``initializer_range`` 0.1 (about 1/sqrt(width); at GIT-base's 0.02 the text decoder's attention
-    starts so flat that it took >1,000 steps to look at the shapes at all), and no dropout (the pretraining
+    briefly: ``initializer_range`` 0.1 (about 1/sqrt(width); at GIT-base's 0.02 the shape words stayed at
+    chance for 1,600 pretraining steps, at 0.1 they are learned within ~500), and no dropout (the pretraining
     data is unlimited; a fine-tuning run can set ``hidden_dropout_prob`` itself).
     """
     return GitConfig(
@@ -370,7 +370,10 @@ class PretrainArgs:
 
 
 def new_tiny_git(tokenizer: BertTokenizerFast, *, seed: int) -> GitForCausalLM:
-    """A freshly initialised tiny GIT, as pretraining starts it: GIT's init + 2-D sin-cos ViT positions."""
+    """A freshly initialised tiny GIT, as pretraining starts it: GIT's init + 2-D sin-cos ViT positions.
+
+    Seeds torch's global RNG with ``seed`` (the init, and everything torch draws after it).
+    """
     torch.manual_seed(seed)
     model = GitForCausalLM(tiny_git_config(tokenizer))
     init_vision_positions(model)
@@ -382,8 +385,8 @@ def init_vision_positions(model: GitForCausalLM, *, scale: float = 1.0) -> None:
 
     Through the patch embedding a shape's patch is ~2 per channel, which drowns a N(0, 0.1) position
     embedding after the pre-LayerNorm: the tower then sees a bag of patches and needs far longer to learn
-    *where* a shape is (position-word accuracy stayed near chance after 1,200 steps). A grid-shaped start of
-    comparable size fixes that; the embeddings stay trainable. Row 0 (the [CLS] slot) starts at zero.
+    *where* a shape is (position words 35-65% right after 1,200 steps, against > 97% from this start). A
+    grid-shaped start of comparable size fixes that; the embeddings stay trainable. Row 0 ([CLS]) starts at 0.
     """
     embeddings = model.git.image_encoder.vision_model.embeddings
     dim, side = embeddings.embed_dim, embeddings.image_size // embeddings.patch_size
