@@ -156,6 +156,28 @@ def _dist(kind: str, args, path: str, key: str) -> Dist:
     return Dist(kind, tuple(args))
 
 
+def _absolute(value):
+    if isinstance(value, Dist):
+        return Dist(value.kind, tuple(_absolute(v) for v in value.args))
+    if isinstance(value, str) and value and "://" not in value:
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _absolute_paths(spec: dict) -> dict:
+    """Data folders (and a local model folder) made absolute against the current directory: Tune runs each
+    trial in its own folder, and on a cluster every node must see the same absolute paths."""
+    data = spec.get("data")
+    if isinstance(data, dict):
+        for key in ("split_dir", "image_root", "cache_dir"):
+            if key in data and data[key] is not None:
+                data[key] = _absolute(data[key])
+    model = spec.get("model")
+    if isinstance(model, str) and model.startswith((".", "/", "~")):
+        spec["model"] = _absolute(model)
+    return spec
+
+
 def _dist_leaves(node, prefix=()) -> list[tuple[tuple, Dist]]:
     if isinstance(node, Dist):
         return [(prefix, node)]
@@ -245,7 +267,7 @@ def load_study(
         if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
             raise _fail(path, f"arms[{i}].num_samples", num_samples, "must be a positive integer")
         body = {k: v for k, v in arm_raw.items() if k not in ARM_KEYS}
-        spec = _parse_dists(_merge(defaults, body), path, f"arms[{i}]")
+        spec = _absolute_paths(_parse_dists(_merge(defaults, body), path, f"arms[{i}]"))
         spec["name"] = name
         arms.append(Arm(name=name, spec=spec, num_samples=num_samples))
     names = [a.name for a in arms]
