@@ -103,6 +103,7 @@ class Study:
     max_concurrent_trials: int = 0
     max_failures: int = 0
     stop: dict = field(default_factory=dict)
+    search: dict = field(default_factory=lambda: {"algorithm": "variants"})
 
 
 def _fail(path: str, key: str, value, fix: str) -> CxrError:
@@ -282,7 +283,8 @@ def load_study(
         scheduler=_scheduler(raw.get("scheduler") or {"type": "fifo"}, path),
         max_concurrent_trials=_nonneg_int(raw.get("max_concurrent_trials", 0), "max_concurrent_trials", path),
         max_failures=_nonneg_int(raw.get("max_failures", 0), "max_failures", path),
-        stop=raw.get("stop") or {},
+        stop=_stop(raw.get("stop") or {}, path),
+        search=_search(raw.get("search") or {}, path),
     )
     if study.mode not in ("max", "min"):
         raise _fail(path, "mode", study.mode, "use max or min")
@@ -294,6 +296,33 @@ def _nonneg_int(value, key: str, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise _fail(path, key, value, "must be a non-negative integer")
     return value
+
+
+SEARCH_ALGORITHMS = ("variants", "optuna")
+
+
+def _stop(node, path: str) -> dict:
+    """``stop: {metric_name: threshold}`` (Tune stops a trial once a reported metric reaches it)."""
+    if not isinstance(node, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in node.values()
+    ):
+        raise _fail(
+            path, "stop", node, "give a mapping of metric name to number, e.g. {training_iteration: 10}"
+        )
+    return dict(node)
+
+
+def _search(node, path: str) -> dict:
+    """``search: {algorithm: variants | optuna, seed: 0}``: variants = Tune's grid + random sampling."""
+    if not isinstance(node, dict):
+        raise _fail(path, "search", node, "give a mapping such as {algorithm: optuna}")
+    unknown = sorted(set(node) - {"algorithm", "seed"})
+    if unknown:
+        raise _fail(path, f"search.{unknown[0]}", node[unknown[0]], "unknown key; valid: algorithm, seed")
+    algorithm = node.get("algorithm", "variants")
+    if algorithm not in SEARCH_ALGORITHMS:
+        raise _fail(path, "search.algorithm", algorithm, f"use one of {', '.join(SEARCH_ALGORITHMS)}")
+    return {"algorithm": algorithm, "seed": int(node.get("seed", 0))}
 
 
 def _scheduler(node, path: str) -> dict:

@@ -33,6 +33,56 @@ def _to_tune(node):
     return node
 
 
+def _suggest(trial, name: str, dist: Dist):
+    a = dist.args
+    if dist.kind in ("grid_search", "choice"):
+        return trial.suggest_categorical(name, list(a))
+    if dist.kind == "uniform":
+        return trial.suggest_float(name, a[0], a[1])
+    if dist.kind == "quniform":
+        return trial.suggest_float(name, a[0], a[1], step=a[2])
+    if dist.kind == "loguniform":
+        return trial.suggest_float(name, a[0], a[1], log=True)
+    if dist.kind == "randint":
+        return trial.suggest_int(name, a[0], a[1] - 1)
+    return trial.suggest_int(name, a[0], a[1] - 1, log=True)  # lograndint
+
+
+def _resolve_with(spec, trial, prefix: str):
+    if isinstance(spec, Dist):
+        return _suggest(trial, prefix, spec)
+    if isinstance(spec, dict):
+        return {k: _resolve_with(v, trial, f"{prefix}/{k}") for k, v in spec.items()}
+    return spec
+
+
+class _DefineByRun:
+    """Optuna's define-by-run space (a class, not a closure, so Tune can pickle the searcher's state)."""
+
+    def __init__(self, arms: dict):
+        self.arms = arms
+
+    def __call__(self, trial):
+        name = trial.suggest_categorical("arm_name", list(self.arms))
+        return {"arm": _resolve_with(self.arms[name], trial, name)}
+
+
+def optuna_searcher(study: Study):
+    """Optuna (TPE) over a conditional space: the arm first, then that arm's own distributions
+    (grid_search counts as a categorical). The resolved arm comes back as the constant ``arm``."""
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:  # pragma: no cover - depends on the optional extra
+        raise CxrError("search.algorithm optuna needs the optuna extra: pip install -e '.[optuna]'") from None
+    try:
+        import optuna
+    except ImportError:
+        raise CxrError("search.algorithm optuna needs the optuna extra: pip install -e '.[optuna]'") from None
+    sampler = optuna.samplers.TPESampler(seed=study.search.get("seed", 0))
+    define_by_run = _DefineByRun({arm.name: arm.spec for arm in study.arms})
+    return OptunaSearch(space=define_by_run, metric=study.metric, mode=study.mode, sampler=sampler)
+
+
 def param_space(study: Study) -> dict:
     """``{"arm": grid_search([arm spec, ...])}`` with Tune distributions inside each arm."""
     from ray import tune
@@ -142,12 +192,15 @@ def run_study(
         storage = str(Path(storage).resolve())
     name = name or study.name
     keep = max(int(arm.spec.get("keep_checkpoints", 1) or 1) for arm in study.arms)
+    optuna = study.search.get("algorithm") == "optuna"
     tuner = tune.Tuner(
         tune.with_resources(trainable, _resources),
-        param_space=param_space(study),
+        param_space={} if optuna else param_space(study),
         tune_config=tune.TuneConfig(
             metric=study.metric,
             mode=study.mode,
+            search_alg=optuna_searcher(study) if optuna else None,
+            num_samples=sum(arm.num_samples for arm in study.arms) if optuna else 1,
             scheduler=_scheduler(study),
             max_concurrent_trials=study.max_concurrent_trials or None,
             trial_dirname_creator=_trial_dirname,
