@@ -1,16 +1,25 @@
-"""Analysis of a sweep's tidy results (see :func:`cxr_core.tune_runner.results_frame`): per-trial table,
-a constant baseline, summary.md and the comparison diagrams. Pure pandas and matplotlib, no Ray.
+"""Analysis of a sweep's tidy results (see :func:`cxr_core.results_frame`): one row per trial, trials that
+differ only by seed aggregated into configurations (mean, standard deviation, count, 95% t interval), the
+best configuration per method and per LoRA preset chosen on validation, verdict sentences computed from
+those numbers, a constant baseline, and summary.md. Pure pandas, numpy and scipy, no Ray; the diagrams are
+drawn by :mod:`cxr_core.plots`.
+
+Works on partial results: errored trials are left out of the statistics and named, unfinished ones are
+counted and flagged, and a sweep with one method says that the comparison cannot be made.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from cxr_core.errors import CxrError
+from cxr_core.labels import LABELS
 from cxr_core.metrics import report_metrics
 
 QUALITY = ("label_f1_micro", "label_f1_macro", "label5_f1_macro", "bleu4", "exact_match", "unparsed_rate")
@@ -19,6 +28,7 @@ COST = (
     "total_params",
     "peak_mem_mb",
     "train_samples_per_s",
+    "train_tokens_per_s",
     "wall_seconds",
     "checkpoint_mb",
 )
@@ -28,6 +38,21 @@ CONFIG_SHOWN = (
     "config/lora/r",
     "config/lora/alpha",
     "config/lora/target_modules",
+)
+LABEL_F1 = tuple(f"f1/{label}" for label in LABELS)
+METHOD, LR, RANK, ALPHA, TARGETS = CONFIG_SHOWN
+SEED = "config/train/seed"
+NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
+CONFIDENCE = 0.95
+# Settings that must be equal across arms for "same data, same number of optimizer steps".
+PROTOCOL = (
+    "config/train/epochs",
+    "config/train/batch_size",
+    "config/data/max_train",
+    "config/data/split_dir",
+    "config/data/max_val",
+    "config/evaluation/max_new_tokens",
+    "config/evaluation/uncertain",
 )
 
 
@@ -39,13 +64,28 @@ def variant_label(row) -> str:
     return str(method)
 
 
+def _isnan(value) -> bool:
+    return value is None or (isinstance(value, (float, np.floating)) and math.isnan(value))
+
+
+# --------------------------------------------------------------------------------------------- trials
+
+
 def trials_table(epochs: pd.DataFrame, *, metric: str, mode: str) -> pd.DataFrame:
     """One row per trial: config, final and best metrics, cost, status.
 
+    ``best_<col>`` is the value of ``col`` at the trial's best epoch on ``metric`` (chosen on validation),
+    for every quality metric, ``val_loss`` and the per-label F1 ``f1/<Label>``.
+
     Args:
-        epochs: tidy rows (trial x epoch); ``metric``/``mode`` define "best".
+        epochs: tidy rows (trial x epoch) from :func:`cxr_core.results_frame`.
+        metric: the validation metric that defines a trial's best epoch.
+        mode: ``max`` or ``min``.
+
+    Raises:
+        CxrError: the frame holds no trial at all.
     """
-    if epochs.empty:
+    if epochs.empty or "trial_id" not in epochs:
         raise CxrError("the results hold no trial yet; wait for the sweep to report, or check its name")
     rows = []
     for trial_id, group in epochs.groupby("trial_id", sort=True):
@@ -56,16 +96,16 @@ def trials_table(epochs: pd.DataFrame, *, metric: str, mode: str) -> pd.DataFram
         reported = group.dropna(subset=[metric]) if metric in group else group.iloc[0:0]
         row["epochs_done"] = len(reported)
         if not reported.empty:
-            last = reported.sort_values("epoch").iloc[-1]
+            reported = reported.sort_values("epoch") if "epoch" in reported else reported
+            last = reported.iloc[-1]
             best_pos = reported[metric].idxmax() if mode == "max" else reported[metric].idxmin()
             best = reported.loc[best_pos]
-            for col in (*QUALITY, "val_loss"):
+            for col in (*QUALITY, "val_loss", *LABEL_F1):
                 if col in reported:
                     row[f"final_{col}"] = last[col]
                     row[f"best_{col}"] = best[col]
-            row["best_epoch"] = best["epoch"]
-            first_loss = reported.sort_values("epoch").iloc[0].get("val_loss")
-            row["first_val_loss"] = first_loss
+            row["best_epoch"] = best.get("epoch")
+            row["first_val_loss"] = reported.iloc[0].get("val_loss")
             for col in COST:
                 if col in reported:
                     row[col] = last[col]
@@ -95,6 +135,219 @@ def best_per(table: pd.DataFrame, key: str, *, metric: str, mode: str) -> pd.Dat
     return order.groupby(key, sort=True).head(1).sort_values(key)
 
 
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def mean_interval(values, *, confidence: float = CONFIDENCE) -> dict:
+    """Mean, sample standard deviation, count and two-sided t interval of the finite ``values``.
+
+    With n values of mean m and sample standard deviation s (ddof = 1), the interval is
+    ``m ± t_{(1 + confidence) / 2, n - 1} · s / √n`` (Student's t, the seeds taken as independent draws).
+    One value says nothing about the spread: with n < 2, ``std``, ``lo`` and ``hi`` are NaN.
+
+    Returns:
+        ``{"mean", "std", "n", "lo", "hi"}``.
+    """
+    x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float).to_numpy()
+    x = x[np.isfinite(x)]
+    n = len(x)
+    out = {"mean": math.nan, "std": math.nan, "n": n, "lo": math.nan, "hi": math.nan}
+    if n == 0:
+        return out
+    out["mean"] = float(x.mean())
+    if n < 2:
+        return out
+    sd = float(x.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+    out.update(std=sd, lo=out["mean"] - half, hi=out["mean"] + half)
+    return out
+
+
+def _welch(c_a: float, n_a: int, c_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of two variance components."""
+    den = c_a**2 / (n_a - 1) + c_b**2 / (n_b - 1)
+    return (c_a + c_b) ** 2 / den if den > 0 else math.inf
+
+
+def difference_interval(a: dict, b: dict, *, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``mean_a - mean_b`` and its Welch interval, from two :func:`mean_interval` results.
+
+    ``d ± t_{(1 + confidence) / 2, df} · √(s_a²/n_a + s_b²/n_b)``, df by Welch-Satterthwaite. NaN bounds
+    when either side has fewer than 2 values.
+    """
+    d = a["mean"] - b["mean"]
+    if a["n"] < 2 or b["n"] < 2:
+        return d, math.nan, math.nan
+    c_a, c_b = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    half = float(stats.t.ppf((1 + confidence) / 2, _welch(c_a, a["n"], c_b, b["n"]))) * math.sqrt(c_a + c_b)
+    return d, d - half, d + half
+
+
+def ratio_interval(a: dict, b: dict, *, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """``R = mean_a / mean_b`` and its interval by the delta method, from two :func:`mean_interval` results.
+
+    ``Var(R) ≈ (s_a²/n_a + R² · s_b²/n_b) / mean_b²``;
+    interval ``R ± t_{(1 + confidence) / 2, df} · √Var(R)``, df by Welch-Satterthwaite on the two components.
+    NaN bounds when either side has fewer than 2 values; NaN ratio when ``mean_b`` is 0.
+    """
+    if not b["mean"] or _isnan(b["mean"]) or _isnan(a["mean"]):
+        return math.nan, math.nan, math.nan
+    r = a["mean"] / b["mean"]
+    if a["n"] < 2 or b["n"] < 2:
+        return r, math.nan, math.nan
+    c_a, c_b = a["std"] ** 2 / a["n"], r**2 * b["std"] ** 2 / b["n"]
+    se = math.sqrt(c_a + c_b) / abs(b["mean"])
+    half = float(stats.t.ppf((1 + confidence) / 2, _welch(c_a, a["n"], c_b, b["n"]))) * se
+    return r, r - half, r + half
+
+
+def intervals_overlap(a: dict, b: dict) -> bool | None:
+    """Whether two intervals (``lo``/``hi``) overlap; None when either is missing."""
+    if any(_isnan(x[k]) for x in (a, b) for k in ("lo", "hi")):
+        return None
+    return a["lo"] <= b["hi"] and b["lo"] <= a["hi"]
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float], *, mode: str = "max") -> np.ndarray:
+    """Mask of the points no other point dominates (cost lower or equal and quality at least as good, one of
+    the two strictly). ``mode`` says whether higher quality is better (``max``) or lower (``min``)."""
+    c = np.asarray(cost, dtype=float)
+    q = np.asarray(quality, dtype=float) * (1 if mode == "max" else -1)
+    front = np.isfinite(c) & np.isfinite(q)
+    for i in np.flatnonzero(front):
+        others = np.isfinite(c) & np.isfinite(q)
+        others[i] = False
+        dominated = others & (c <= c[i]) & (q >= q[i]) & ((c < c[i]) | (q > q[i]))
+        front[i] = not dominated.any()
+    return front
+
+
+# ------------------------------------------------------------------------------------- configurations
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The configuration key: every ``config/...`` column except the seed and the arm's name."""
+    return [c for c in frame.columns if c.startswith("config/") and c not in NOT_IN_KEY]
+
+
+def effective_alpha(row) -> float:
+    """LoRA alpha as trained: the configured value, or 2r when it was left to the default."""
+    alpha, r = row.get(ALPHA), row.get(RANK)
+    if not _isnan(alpha):
+        return float(alpha)
+    return 2.0 * float(r) if not _isnan(r) else math.nan
+
+
+def _short(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:g}"
+    return str(value)
+
+
+def config_label(row, extra: Sequence[str] = ()) -> str:
+    """A readable name of a configuration: ``fft lr=0.0005``, ``lora:all_linear r=16 a=32 lr=0.005``, plus
+    ``key=value`` for every column in ``extra`` (other settings that vary within the sweep)."""
+    parts = [variant_label(row)]
+    if row.get(METHOD) == "lora" and not _isnan(row.get(RANK)):
+        parts += [f"r={_short(row[RANK])}", f"a={_short(effective_alpha(row))}"]
+    if not _isnan(row.get(LR)):
+        parts.append(f"lr={_short(row[LR])}")
+    for col in extra:
+        if not _isnan(row.get(col)):
+            parts.append(f"{col.removeprefix('config/')}={_short(row[col])}")
+    return " ".join(parts)
+
+
+def _varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
+    """Settings that take more than one value within one method (a LoRA-only key, NaN for FFT, is not one)."""
+    shown = {METHOD, TARGETS, RANK, ALPHA, LR}
+    groups = [g for _, g in frame.groupby(METHOD, dropna=False)] if METHOD in frame else [frame]
+    return [c for c in columns if c not in shown and any(g[c].astype(str).nunique() > 1 for g in groups)]
+
+
+def _values(table: pd.DataFrame) -> list[str]:
+    """Per-trial columns that are aggregated over seeds."""
+    best = [c for c in table.columns if c.startswith("best_")]
+    return [*best, *(c for c in ("final_val_loss", *COST) if c in table)]
+
+
+def configs_table(table: pd.DataFrame, *, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """One row per configuration (trials that differ only by seed): for every per-trial metric ``M`` of
+    :func:`trials_table`, ``M_mean``, ``M_std``, ``M_n`` and the t interval ``M_lo``/``M_hi`` over the
+    configuration's trials (see :func:`mean_interval`).
+
+    Errored trials and trials that reported nothing are left out of the statistics and counted in
+    ``n_errored`` / ``n_unreported``; ``n_unfinished`` counts trials still running (their numbers may
+    change). ``config_id`` is a readable unique name (see :func:`config_label`).
+    """
+    key = config_columns(table)
+    extra = _varying(table, key)
+    values = _values(table)
+    rows = []
+    for _, group in table.groupby(key, dropna=False, sort=False) if key else [((), table)]:
+        first = group.iloc[0]
+        usable = group[(group["status"] != "ERROR") & (group["epochs_done"] > 0)]
+        row = {c: first[c] for c in key}
+        row["config_id"] = config_label(first, extra)
+        row["variant"] = first["variant"]
+        row["lora_alpha_effective"] = effective_alpha(first) if first.get(METHOD) == "lora" else math.nan
+        row["n_trials"] = len(group)
+        row["n_seeds"] = len(usable)
+        row["n_errored"] = int((group["status"] == "ERROR").sum())
+        row["n_unreported"] = int(((group["status"] != "ERROR") & (group["epochs_done"] == 0)).sum())
+        row["n_unfinished"] = int((usable["status"] != "TERMINATED").sum())
+        row["seeds"] = ",".join(_short(s) for s in usable[SEED]) if SEED in usable else ""
+        row["trial_ids"] = ",".join(map(str, group["trial_id"]))
+        for col in values:
+            s = mean_interval(usable[col], confidence=confidence)
+            row.update({f"{col}_{k}": v for k, v in s.items()})
+        rows.append(row)
+    configs = pd.DataFrame(rows)
+    dup = configs["config_id"].duplicated(keep=False)
+    if dup.any():  # two settings printed alike (e.g. floats equal to 6 digits): number them
+        configs.loc[dup, "config_id"] += " #" + (configs[dup].groupby("config_id").cumcount() + 1).astype(str)
+    by = [c for c in (METHOD, "variant", RANK, LR) if c in configs]
+    return configs.sort_values(by, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def with_config_ids(frame: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (trials or epochs, with ``trial_id``) plus the ``config_id`` of each row's configuration."""
+    owner = {t: row["config_id"] for _, row in configs.iterrows() for t in str(row["trial_ids"]).split(",")}
+    return frame.assign(config_id=frame["trial_id"].astype(str).map(owner))
+
+
+def stat(row, col: str) -> dict:
+    """The :func:`mean_interval` dict of metric ``col`` stored in a :func:`configs_table` row."""
+    return {k: row.get(f"{col}_{k}", math.nan) for k in ("mean", "std", "n", "lo", "hi")}
+
+
+def best_config_per(configs: pd.DataFrame, key: str, *, metric: str, mode: str) -> pd.DataFrame:
+    """The best configuration of each value of ``key`` (``config/method`` or ``variant``) by the mean over
+    seeds of ``best_<metric>`` (validation). Ties go to the configuration with more seeds."""
+    col = f"best_{metric}_mean"
+    done = configs.dropna(subset=[col]) if col in configs else configs.iloc[0:0]
+    if done.empty:
+        return done
+    order = done.sort_values([col, "n_seeds"], ascending=[mode == "min", False], kind="stable")
+    return order.groupby(key, sort=True).head(1).sort_values(key)
+
+
+def epoch_bands(epochs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Per configuration and epoch, the mean, min and max over seeds of ``columns`` (errored trials left out).
+
+    ``epochs`` must carry ``config_id`` (see :func:`with_config_ids`).
+    """
+    cols = [c for c in columns if c in epochs]
+    if not cols or "epoch" not in epochs:
+        return pd.DataFrame()
+    ok = epochs[(epochs["status"] != "ERROR") & epochs["config_id"].notna()].dropna(subset=["epoch"])
+    agg = {f"{c}_{f}": (c, f) for c in cols for f in ("mean", "min", "max", "count")}
+    return ok.groupby(["config_id", "epoch"]).agg(**agg).reset_index()
+
+
+# ------------------------------------------------------------------------------------------- summary
+
+
 def _fmt(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -113,54 +366,608 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(table: pd.DataFrame, *, metric: str, mode: str, baseline: dict | None, name: str) -> str:
-    """summary.md: best trial per method and per LoRA preset, quality beside cost, the constant baseline,
-    failed trials and what is missing."""
-    cols = ["variant", "trial_id", "config/train/lr", "config/lora/r", "config/lora/alpha",
-            f"best_{metric}", "best_label_f1_macro", "best_bleu4", "final_val_loss", "trainable_params",
-            "peak_mem_mb", "train_samples_per_s", "wall_seconds", "checkpoint_mb"]  # fmt: skip
-    lines = [f"# Sweep {name}", ""]
-    lines.append(f"{len(table)} trials; best = {mode} of `{metric}` over epochs (validation split).")
+def _md(rows: list[dict]) -> str:
+    """A Markdown table from dicts of already formatted cells (the first dict's keys are the header)."""
+    if not rows:
+        return "(none)"
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r.get(h, "-")) for h in head) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return "-" if _isnan(x) else f"{x:.{digits}f}"
+
+
+def _ci(s: dict, digits: int = 3) -> str:
+    """``0.412 [0.380, 0.444]``, or the mean alone when there is no interval."""
+    if _isnan(s["mean"]):
+        return "-"
+    if _isnan(s["lo"]):
+        return _num(s["mean"], digits)
+    return f"{_num(s['mean'], digits)} [{_num(s['lo'], digits)}, {_num(s['hi'], digits)}]"
+
+
+def _pct(x: float) -> str:
+    return "-" if _isnan(x) else f"{100 * x:.0f}%" if abs(x) >= 0.1 else f"{100 * x:.2g}%"
+
+
+def _count(x: float) -> str:
+    return "-" if _isnan(x) else f"{x:,.0f}"
+
+
+def _describe(row) -> str:
+    """``all_linear, r=16, alpha=32, lr=0.005; 2 seeds``: a configuration for a sentence."""
+    bits = []
+    if row.get(METHOD) == "lora":
+        bits += [
+            str(row.get(TARGETS)),
+            f"r={_short(row.get(RANK))}",
+            f"alpha={_short(row['lora_alpha_effective'])}",
+        ]
+    if not _isnan(row.get(LR)):
+        bits.append(f"lr={_short(row[LR])}")
+    n = int(row["n_seeds"])
+    return f"{', '.join(bits)}; {n} seed{'s' if n != 1 else ''}"
+
+
+def _seed_note(a: dict, b: dict) -> str:
+    n = min(a["n"], b["n"])
+    return f"with {n} seed{'s' if n != 1 else ''}" if n >= 2 else "with one seed"
+
+
+def comparison_lines(
+    fft,
+    lora,
+    *,
+    metric: str,
+    mode: str,
+    extra_metrics: Sequence[str] = (),
+    memory_kind: str = "",
+    what: str = "LoRA configuration",
+) -> list[str]:
+    """Verdict sentences comparing one LoRA configuration row with the FFT one (rows of :func:`configs_table`):
+    quality ratio with its interval, cost ratios, and whether the two intervals overlap."""
+    lines = []
+    q_l, q_f = stat(lora, f"best_{metric}"), stat(fft, f"best_{metric}")
+    r, lo, hi = ratio_interval(q_l, q_f)
+    if _isnan(r):
+        quality = (
+            f"scores {_num(q_l['mean'])} on validation {metric} against {_num(q_f['mean'])} for the best FFT "
+            f"configuration ({_describe(fft)}; no ratio: FFT's is 0)"
+        )
+    else:
+        interval = f" (95% interval {_pct(lo)} to {_pct(hi)})" if not _isnan(lo) else ""
+        if min(q_l["n"], q_f["n"]) < 2:
+            interval = " (one seed: no interval)"
+        quality = f"reaches {_pct(r)} of the best FFT configuration's ({_describe(fft)}) validation "
+        quality += f"{metric}{interval}"
+    cost = []
+    for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
+        c = ratio_interval(stat(lora, col), stat(fft, col))[0]
+        if not _isnan(c):
+            kind = f" ({memory_kind})" if col == "peak_mem_mb" and memory_kind else ""
+            cost.append(f"{_pct(c)} of its {word}{kind}")
+    speed = ratio_interval(stat(lora, "train_samples_per_s"), stat(fft, "train_samples_per_s"))[0]
+    if not _isnan(speed):
+        cost.append(f"{speed:.2f}x its training throughput (samples/s)")
+    joined = ", ".join(cost[:-1]) + (" and " if len(cost) > 1 else "") + cost[-1] if cost else ""
+    lines.append(f"The best {what} ({_describe(lora)}) {quality}" + (f", with {joined}." if cost else "."))
+    for m in extra_metrics:
+        a, b = stat(lora, f"best_{m}"), stat(fft, f"best_{m}")
+        if _isnan(a["mean"]) or _isnan(b["mean"]):
+            continue
+        r2, lo2, hi2 = ratio_interval(a, b)
+        iv = f" (95% interval {_pct(lo2)} to {_pct(hi2)})" if not _isnan(lo2) else ""
+        if _isnan(r2):
+            lines.append(f"On {m} (at the same checkpoints): LoRA {_num(a['mean'])}, FFT {_num(b['mean'])}.")
+        else:
+            lines.append(f"On {m} (at the same checkpoints) it reaches {_pct(r2)} of FFT's{iv}.")
+    lines.append(_overlap_sentence(q_l, q_f, "LoRA", "FFT", metric=metric, mode=mode))
+    return lines
+
+
+def _overlap_sentence(a: dict, b: dict, name_a: str, name_b: str, *, metric: str, mode: str) -> str:
+    if _isnan(a["mean"]) or _isnan(b["mean"]):
+        return f"{name_a} or {name_b} has no {metric} yet: nothing to compare."
+    if a["n"] < 2 or b["n"] < 2:
+        return (
+            f"{name_a} {_num(a['mean'])} vs {name_b} {_num(b['mean'])} on {metric}: with one seed on at least "
+            f"one side there is no interval, so the data cannot say whether the difference exceeds seed noise."
+        )
+    if a["std"] == 0 and b["std"] == 0 and a["mean"] == b["mean"]:
+        return (
+            f"{name_a} and {name_b} score the same {metric}, {_num(a['mean'])}, on every seed: no difference."
+        )
+    overlap = intervals_overlap(a, b)
+    d, dlo, dhi = difference_interval(a, b)
+    diff = f"difference {name_a} - {name_b} {d:+.3f}, Welch 95% interval {dlo:+.3f} to {dhi:+.3f}"
+    if overlap:
+        return (
+            f"Their 95% intervals on {metric} overlap ({name_a} {_ci(a)}, {name_b} {_ci(b)}; {diff}): "
+            f"{_seed_note(a, b)} the data do not separate the two."
+        )
+    better = (a["mean"] > b["mean"]) == (mode == "max")
+    return (
+        f"Their 95% intervals on {metric} do not overlap ({name_a} {_ci(a)}, {name_b} {_ci(b)}; {diff}): "
+        f"{name_a} is {'better' if better else 'worse'} than {name_b} on this metric, {_seed_note(a, b)}."
+    )
+
+
+def preset_lines(configs: pd.DataFrame, *, metric: str, mode: str) -> list[str]:
+    """Verdict sentences on the LoRA target-module presets (best configuration of each)."""
+    lora = configs[configs.get(METHOD, pd.Series(dtype=object)) == "lora"]
+    best = best_config_per(lora, "variant", metric=metric, mode=mode)
+    if len(best) < 2:
+        return []
+    best = best.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
+    ranking = ", ".join(f"{r[TARGETS]} {_ci(stat(r, f'best_{metric}'))}" for _, r in best.iterrows())
+    lines = [
+        f"LoRA presets ranked by validation {metric} (best configuration of each, mean [95% interval]): "
+        f"{ranking}."
+    ]
+    top, second = best.iloc[0], best.iloc[1]
+    lines.append(
+        _overlap_sentence(
+            stat(top, f"best_{metric}"),
+            stat(second, f"best_{metric}"),
+            f"{top[TARGETS]}",
+            f"{second[TARGETS]}",
+            metric=metric,
+            mode=mode,
+        )
+    )
+    return lines
+
+
+def lr_lines(configs: pd.DataFrame, *, metric: str, mode: str) -> list[str]:
+    """Sentences on each method's learning rates: which is best, whether it lies at the edge of the grid."""
+    if LR not in configs or f"best_{metric}_mean" not in configs:
+        return []
+    lines = []
+    for method, group in configs.dropna(subset=[f"best_{metric}_mean"]).groupby(METHOD, sort=True):
+        lrs = sorted(group[LR].dropna().unique())
+        best = best_config_per(group, METHOD, metric=metric, mode=mode).iloc[0]
+        tried = ", ".join(_short(x) for x in lrs)
+        if len(lrs) < 2:
+            lines.append(
+                f"{method} ran at a single learning rate ({tried}): its learning rate was not tuned, so the "
+                f"comparison may understate {method}."
+            )
+            continue
+        where = ""
+        if best[LR] == lrs[0]:
+            where = ": the smallest tried, a lower one may do better"
+        elif best[LR] == lrs[-1]:
+            where = ": the largest tried, a higher one may do better"
+        lines.append(f"{method}'s best learning rate is {_short(best[LR])} (of {tried}{where}).")
+    by_method = best_config_per(configs, METHOD, metric=metric, mode=mode).set_index(METHOD)
+    tuned = configs.groupby(METHOD)[LR].nunique()
+    if {"fft", "lora"} <= set(by_method.index) and (tuned.reindex(["fft", "lora"]) > 1).all():
+        ratio = by_method.loc["lora", LR] / by_method.loc["fft", LR]
+        lines.append(
+            f"The best LoRA learning rate is {ratio:.3g}x the best FFT one (the field expects about 10x)."
+        )
+    return lines
+
+
+def protocol_lines(table: pd.DataFrame, configs: pd.DataFrame, *, metric: str) -> list[str]:
+    """How fair the comparison is: seeds per configuration, learning rates per method, equal data and steps,
+    selection on validation."""
+    lines = []
+    seeds = configs["n_seeds"]
+    reported = configs[seeds > 0]
+    if not reported.empty:
+        lo, hi = int(reported["n_seeds"].min()), int(reported["n_seeds"].max())
+        span = str(lo) if lo == hi else f"{lo} to {hi}"
+        note = " Configurations with one seed have no interval." if lo < 2 else ""
+        if hi >= 2:
+            t = float(stats.t.ppf((1 + CONFIDENCE) / 2, max(lo, 2) - 1))
+            note += (
+                f" With {max(lo, 2)} seeds the 95% half-width is {t:.3g} x s/√n, so intervals are wide; they "
+                f"are not clipped to a metric's range."
+            )
+        lines.append(f"Seeds per configuration: {span} ({len(reported)} configurations with results).{note}")
+    if LR in configs:
+        for method, group in configs.groupby(METHOD, sort=True):
+            lrs = ", ".join(_short(x) for x in sorted(group[LR].dropna().unique()))
+            lines.append(f"Learning rates tried for {method}: {lrs}.")
+    same, differ = [], []
+    for col in PROTOCOL:
+        if col in table:
+            values = table[col].astype(str).unique()
+            (same if len(values) == 1 else differ).append((col.removeprefix("config/"), values))
+    if same:
+        lines.append("Equal for every arm: " + ", ".join(f"{c}={v[0]}" for c, v in same) + ".")
+    for col, values in differ:
+        lines.append(
+            f"NOT equal across arms: {col} takes {', '.join(values)}: the arms did not see the same "
+            f"data or number of optimizer steps."
+        )
+    n = configs.groupby(METHOD)["config_id"].count() if METHOD in configs else pd.Series(dtype=int)
+    counts = ", ".join(f"{m} {k}" for m, k in n.items())
+    lines.append(
+        f"Each trial's value is its best epoch on validation {metric}; the best configuration of each method "
+        f"is the one with the best mean over seeds, chosen on the same validation numbers, so those are "
+        f"optimistic (more so for the method with more configurations: {counts}). "
+        "The test split is the unbiased check."
+    )
+    return lines
+
+
+def missing_lines(table: pd.DataFrame, configs: pd.DataFrame) -> list[str]:
+    """What the analysis lacks: errored, unfinished or silent trials, incomplete seed sets, a missing method."""
+    lines = []
+    for _, row in table.iterrows():
+        status = row.get("status")
+        if status == "ERROR":
+            lines.append(
+                f"- {row['trial_id']} ({row['variant']}) errored: {row.get('error')}; "
+                "left out of the statistics"
+            )
+        elif row.get("epochs_done", 0) == 0:
+            lines.append(f"- {row['trial_id']} ({row['variant']}) is {status} and has reported nothing yet")
+        elif status != "TERMINATED":
+            lines.append(
+                f"- {row['trial_id']} ({row['variant']}) is {status} after {row['epochs_done']} epoch(s): "
+                f"its numbers are provisional"
+            )
+    most = int(configs["n_trials"].max()) if len(configs) else 0
+    for _, row in configs.iterrows():
+        if row["n_seeds"] < most:
+            lines.append(f"- configuration {row['config_id']}: {row['n_seeds']} of {most} seeds have results")
+    methods = set(table.get(METHOD, pd.Series(dtype=object)).dropna())
+    reported = set(configs.loc[configs["n_seeds"] > 0, METHOD]) if METHOD in configs else set()
+    for method in ("fft", "lora"):
+        if method not in methods:
+            lines.append(f"- no {method} trial in this sweep: the comparison is one-sided")
+        elif method not in reported:
+            lines.append(f"- no {method} trial has results yet: the comparison cannot be made")
+    return lines
+
+
+def _config_rows(frame: pd.DataFrame, *, metric: str) -> list[dict]:
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "configuration": r["config_id"],
+                "seeds": int(r["n_seeds"]),
+                f"{metric} [95% CI]": _ci(stat(r, f"best_{metric}")),
+                **(
+                    {"label_f1_macro [95% CI]": _ci(stat(r, "best_label_f1_macro"))}
+                    if metric != "label_f1_macro"
+                    else {}
+                ),
+                "bleu4 [95% CI]": _ci(stat(r, "best_bleu4")),
+                "val loss (final)": _num(r.get("final_val_loss_mean", math.nan)),
+                "trainable params": _count(r.get("trainable_params_mean", math.nan)),
+                "peak mem (MB)": _num(r.get("peak_mem_mb_mean", math.nan), 0),
+            }
+        )
+    return rows
+
+
+def _cost_rows(best: pd.DataFrame) -> list[dict]:
+    fft = best[best[METHOD] == "fft"]
+    ref = fft.iloc[0] if len(fft) else None
+    rows = []
+    for _, r in best.iterrows():
+        row = {"method / preset": r["variant"], "configuration": r["config_id"]}
+        for col, name, digits in (
+            ("trainable_params", "trainable params", None),
+            ("peak_mem_mb", "peak mem (MB)", 0),
+            ("train_samples_per_s", "samples/s", 1),
+            ("wall_seconds", "wall time (s)", 0),
+            ("checkpoint_mb", "checkpoint (MB)", 2),
+        ):
+            mean = r.get(f"{col}_mean", math.nan)
+            cell = _count(mean) if digits is None else _num(mean, digits)
+            if (
+                ref is not None
+                and r["config_id"] != ref["config_id"]
+                and not _isnan(mean)
+                and ref.get(f"{col}_mean")
+            ):
+                cell += f" ({_pct(mean / ref[f'{col}_mean'])} of FFT)"
+            row[name] = cell
+        rows.append(row)
+    return rows
+
+
+def _lr_rows(configs: pd.DataFrame, *, metric: str, mode: str) -> list[dict]:
+    if LR not in configs or f"best_{metric}_mean" not in configs:
+        return []
+    rows = []
+    for (method, lr), group in configs.dropna(subset=[f"best_{metric}_mean"]).groupby([METHOD, LR], sort=True):
+        best = best_config_per(group, METHOD, metric=metric, mode=mode).iloc[0]
+        rows.append(
+            {
+                "method": method,
+                "learning rate": _short(lr),
+                "best configuration at this lr": best["config_id"],
+                f"{metric} [95% CI]": _ci(stat(best, f"best_{metric}")),
+                "seeds": int(best["n_seeds"]),
+            }
+        )
+    return rows
+
+
+def _per_label_rows(fft, lora) -> list[dict]:
+    rows = []
+    for label in LABELS:
+        a, b = stat(fft, f"best_f1/{label}"), stat(lora, f"best_f1/{label}")
+        if _isnan(a["mean"]) and _isnan(b["mean"]):
+            continue
+        rows.append(
+            {
+                "label": label,
+                "FFT F1 [95% CI]": _ci(a),
+                "LoRA F1 [95% CI]": _ci(b),
+                "LoRA - FFT": "-"
+                if _isnan(a["mean"]) or _isnan(b["mean"])
+                else f"{b['mean'] - a['mean']:+.3f}",
+            }
+        )
+    return rows
+
+
+def test_lines(
+    test: pd.DataFrame | None,
+    test_per_label: pd.DataFrame | None,
+    table: pd.DataFrame,
+    chosen: dict[str, str],
+    *,
+    metric: str,
+    results: str,
+) -> list[str]:
+    """The test section: jobs.evaluate's numbers if it ran, otherwise how to run it.
+
+    ``chosen`` maps a group (``fft``, ``lora``, ``lora:<preset>``) to its best configuration by mean over seeds.
+    """
+    if test is None or test.empty:
+        return [
+            "The test split has not been evaluated for this sweep (no test_metrics.csv). Evaluate the "
+            "checkpoints chosen on validation once, then re-run the analysis:",
+            "",
+            "```bash",
+            f"python -m jobs.evaluate {results}",
+            f"python -m jobs.analyze {results}",
+            "```",
+        ]
+    owner = table.set_index(table["trial_id"].astype(str))
+    rows = []
+    for _, r in test.iterrows():
+        tid = str(r.get("trial_id"))
+        cfg = owner["config_id"].get(tid, "?") if "config_id" in owner else "?"
+        seed = owner[SEED].get(tid, math.nan) if SEED in owner else math.nan
+        rows.append(
+            {
+                "group": r["group"],
+                "trial (configuration, seed)": f"{tid} ({cfg}, seed {_short(seed)})",
+                f"val {metric}": _num(r.get(f"val_{metric}", math.nan)),
+                **{
+                    f"test {m}": _num(r.get(m, math.nan))
+                    for m in (metric, "label_f1_macro", "label5_f1_macro", "bleu4")
+                },
+                "test loss": _num(r.get("test_loss", math.nan)),
+                "test images": _count(r.get("n", math.nan)),
+            }
+        )
+    lines = [
+        "These are **test-split** numbers: jobs.evaluate scored, once, the checkpoint each group's best trial "
+        "chose on validation. One checkpoint (one seed) per group, so they carry no interval.",
+        "",
+        _md(rows),
+    ]
+    groups = test.set_index("group")
+    if "fft" in groups.index and metric in groups and groups.loc["fft", metric]:
+        f = groups.loc["fft", metric]
+        for group, value in groups[metric].items():
+            if group != "fft":
+                name = "LoRA" if group == "lora" else group
+                lines += [
+                    "",
+                    f"On test, {name}'s {metric} is {_pct(value / f)} of FFT's ({_num(value)} vs {_num(f)}).",
+                ]
+    for _, r in test.iterrows():
+        tid, group = str(r.get("trial_id")), r["group"]
+        cfg = owner["config_id"].get(tid) if "config_id" in owner else None
+        if group in chosen and cfg is not None and cfg != chosen[group]:
+            lines += [
+                "",
+                f"Note: for {group}, jobs.evaluate took the single best trial ({tid}, configuration {cfg}); "
+                f"the best configuration by mean over seeds is {chosen[group]}.",
+            ]
+    if test_per_label is not None and not test_per_label.empty and "f1" in test_per_label:
+        pivot = test_per_label.pivot_table(index="label", columns="group", values="f1").reindex(
+            [x for x in LABELS if x in set(test_per_label["label"])]
+        )
+        lines += ["", "Per-label F1 on test:", ""]
+        lines.append(
+            _md([{"label": lab, **{g: _num(v) for g, v in row.items()}} for lab, row in pivot.iterrows()])
+        )
+    return lines
+
+
+def test_verdict(test: pd.DataFrame | None, *, metric: str) -> list[str]:
+    """The test split's answer in one sentence per LoRA group, if jobs.evaluate has run."""
+    if test is None or test.empty or metric not in test or "fft" not in set(test["group"]):
+        return []
+    groups = test.set_index("group")[metric]
+    fft, lines = groups["fft"], []
+    for group, value in groups.items():
+        if group == "fft":
+            continue
+        share = f" ({_pct(value / fft)} of FFT's)" if fft else ""
+        lines.append(
+            f"On the test split (evaluated once, one checkpoint per group chosen on validation, so no interval): "
+            f"{'LoRA' if group == 'lora' else group} {metric} {_num(value)} vs FFT {_num(fft)}{share}."
+        )
+    return lines
+
+
+def baseline_lines(methods: dict, baseline: dict | None, *, metric: str, mode: str) -> list[str]:
+    """A verdict sentence when a method's best configuration does not beat the constant baseline."""
+    if baseline is None or metric not in baseline or not methods:
+        return []
+    base = baseline[metric]
+    below = [
+        m
+        for m, row in methods.items()
+        if not (row[f"best_{metric}_mean"] > base if mode == "max" else row[f"best_{metric}_mean"] < base)
+    ]
+    if not below:
+        return []
+    if len(below) == len(methods):
+        return [
+            f"No method's best configuration beats the constant baseline on {metric} ({base:.3f}): the "
+            f"models have not learned the task beyond its most frequent report, so this comparison says little "
+            f"about how well each method adapts."
+        ]
+    return [
+        f"The best {', '.join(below)} configuration does not beat the constant baseline on {metric} "
+        f"({base:.3f})."
+    ]
+
+
+def _against(s: dict, value: float, mode: str) -> str:
+    """Where a 95% interval lies relative to ``value``: wholly better, wholly worse, or across it."""
+    if _isnan(s["lo"]):
+        return " (one seed: no interval)"
+    if s["lo"] <= value <= s["hi"]:
+        return (
+            " (but its 95% interval includes it)"
+            if (s["mean"] > value) == (mode == "max")
+            else (" (its 95% interval includes it)")
+        )
+    above = s["lo"] > value
+    return f" (its 95% interval lies entirely {'above' if above else 'below'} it)"
+
+
+def summary_markdown(
+    table: pd.DataFrame,
+    *,
+    metric: str,
+    mode: str,
+    baseline: dict | None,
+    name: str,
+    configs: pd.DataFrame | None = None,
+    test: pd.DataFrame | None = None,
+    test_per_label: pd.DataFrame | None = None,
+    results: str | None = None,
+    diagrams: dict[str, str] | None = None,
+) -> str:
+    """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
+    LoRA preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
+    test split (if evaluated), every configuration, what is missing, and the diagrams.
+
+    Args:
+        table: :func:`trials_table`. configs: :func:`configs_table` (computed when None).
+        baseline: :func:`constant_baseline` or None. test, test_per_label: jobs.evaluate's CSVs, or None.
+        results: the results path shown in commands. diagrams: ``{file: description}`` of the figures.
+    """
+    configs = configs_table(table) if configs is None else configs
+    if "config_id" not in table:
+        table = with_config_ids(table, configs)
     kinds = table.get("peak_mem_kind", pd.Series(dtype=object)).dropna().unique()
-    if len(kinds):
-        lines.append(f"Peak memory is {', '.join(map(str, kinds))} (MB).")
-    lines += ["", "## Best trial per method", ""]
-    by_method = best_per(table, "config/method", metric=metric, mode=mode)
-    lines.append(markdown_table(by_method, cols) if not by_method.empty else "No trial has reported yet.")
-    lines += ["", "## Best trial per variant (LoRA target-module preset)", ""]
-    by_variant = best_per(table, "variant", metric=metric, mode=mode)
-    lines.append(markdown_table(by_variant, cols) if not by_variant.empty else "No trial has reported yet.")
+    kind = ", ".join(map(str, kinds))
+    status = table["status"].value_counts()
+    by_method = (
+        best_config_per(configs, METHOD, metric=metric, mode=mode) if METHOD in configs else configs.iloc[0:0]
+    )
+    by_variant = best_config_per(configs, "variant", metric=metric, mode=mode)
+    methods = {r[METHOD]: r for _, r in by_method.iterrows()}
+
+    lines = [f"# Sweep {name}: full fine-tuning vs LoRA", ""]
+    lines.append(
+        f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in status.items())}) in {len(configs)} "
+        f"configurations (trials that differ only by seed). A trial's value is its best epoch on validation "
+        f"`{metric}` ({mode}); "
+        f"a configuration's is the mean over its seeds with a 95% t interval (mean ± t·s/√n)."
+        + (f" Peak memory is {kind} (MB)." if kind else "")
+    )
+    lines += ["", "## Verdict", ""]
+    verdict = []
+    if {"fft", "lora"} <= set(methods):
+        extra = [m for m in ("label_f1_macro",) if m != metric]
+        verdict += comparison_lines(
+            methods["fft"], methods["lora"], metric=metric, mode=mode, extra_metrics=extra, memory_kind=kind
+        )
+        lora_best = by_variant[by_variant[METHOD] == "lora"]
+        for _, row in lora_best.iterrows():
+            if row["config_id"] != methods["lora"]["config_id"]:
+                verdict.append(
+                    comparison_lines(
+                        methods["fft"],
+                        row,
+                        metric=metric,
+                        mode=mode,
+                        memory_kind=kind,
+                        what=f"LoRA {row[TARGETS]} configuration",
+                    )[0]
+                )
+    else:
+        have = ", ".join(sorted(methods)) or "no method"
+        verdict.append(f"Only {have} has results: the FFT-vs-LoRA comparison cannot be made from this sweep.")
+    verdict += test_verdict(test, metric=metric)
+    verdict += baseline_lines(methods, baseline, metric=metric, mode=mode)
+    verdict += preset_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
+    verdict += lr_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
+    lines += [f"- {v}" for v in verdict]
+
+    lines += ["", "## Protocol", ""] + [f"- {v}" for v in protocol_lines(table, configs, metric=metric)]
+    lines += ["", "## Best configuration per method (validation)", ""]
+    lines.append(
+        _md(_config_rows(by_method, metric=metric)) if len(by_method) else "No trial has reported yet."
+    )
+    lines += ["", "## Best configuration per method and LoRA preset (validation)", ""]
+    lines.append(
+        _md(_config_rows(by_variant, metric=metric)) if len(by_variant) else "No trial has reported yet."
+    )
+
     if baseline is not None:
         lines += ["", "## Constant baseline", ""]
         lines.append(
             f"Emitting the most frequent training report for every validation image gives "
-            f"label_f1_micro {baseline['label_f1_micro']:.4f}, label_f1_macro {baseline['label_f1_macro']:.4f}, "
+            f"label_f1_micro {baseline['label_f1_micro']:.4f}, "
+            f"label_f1_macro {baseline['label_f1_macro']:.4f}, "
             f'bleu4 {baseline["bleu4"]:.4f}. The report: "{baseline["report"]}"'
         )
-        if f"best_{metric}" in table and metric in baseline and not by_method.empty:
+        if metric in baseline and len(by_method):
             lines.append("")
             for _, row in by_method.iterrows():
-                beat = (
-                    row[f"best_{metric}"] > baseline[metric]
-                    if mode == "max"
-                    else row[f"best_{metric}"] < baseline[metric]
-                )
+                s, base = stat(row, f"best_{metric}"), baseline[metric]
+                beat = s["mean"] > base if mode == "max" else s["mean"] < base
                 lines.append(
-                    f"- best {row['config/method']}: {metric} {row[f'best_{metric}']:.4f} "
-                    f"{'beats' if beat else 'does NOT beat'} the baseline's {baseline[metric]:.4f}"
+                    f"- best {row[METHOD]}: {metric} {s['mean']:.4f} {'beats' if beat else 'does NOT beat'} "
+                    f"the baseline's {base:.4f}{_against(s, base, mode)}"
                 )
-    failed = table[table["status"] == "ERROR"] if "status" in table else table.iloc[0:0]
-    lines += ["", "## Failed or unfinished trials", ""]
-    unfinished = table[table["status"] != "TERMINATED"] if "status" in table else table.iloc[0:0]
-    if unfinished.empty:
-        lines.append("None: every trial finished.")
-    for _, row in unfinished.iterrows():
-        lines.append(
-            f"- {row['trial_id']} ({row['variant']}): {row['status']}"
-            + (f": {row['error']}" if row["trial_id"] in set(failed["trial_id"]) else "")
-        )
-    methods = set(table.get("config/method", pd.Series(dtype=object)).dropna())
-    for method in ("fft", "lora"):
-        if method not in methods:
-            lines.append(f"- no {method} trial in this sweep: the comparison is one-sided")
+
+    lines += ["", "## Cost (best configuration per method and preset)", ""]
+    lines.append(_md(_cost_rows(by_variant)) if len(by_variant) else "No trial has reported yet.")
+    lines += [
+        "",
+        "Means over seeds. Peak memory" + (f": {kind}." if kind else ".") + " Wall time is per trial, "
+        "evaluation included; concurrent trials on shared CPUs make throughput and wall time noisy.",
+    ]
+    lr_rows = _lr_rows(configs, metric=metric, mode=mode) if METHOD in configs else []
+    if lr_rows:
+        lines += ["", "## Learning rate (best configuration at each learning rate)", "", _md(lr_rows)]
+    if {"fft", "lora"} <= set(methods):
+        rows = _per_label_rows(methods["fft"], methods["lora"])
+        if rows:
+            lines += ["", "## Per-label F1 (validation): best FFT vs best LoRA configuration", "", _md(rows)]
+    lines += ["", "## Test split", ""]
+    chosen = {r["variant"]: r["config_id"] for _, r in by_variant.iterrows()}
+    chosen.update({r[METHOD]: r["config_id"] for _, r in by_method.iterrows()})
+    lines += test_lines(test, test_per_label, table, chosen, metric=metric, results=results or name)
+    lines += ["", "## All configurations (validation, mean over seeds [95% interval])", ""]
+    lines.append(_md(_config_rows(configs[configs["n_seeds"] > 0], metric=metric)))
+    lines += ["", "## Missing, failed or unfinished", ""]
+    missing = missing_lines(table, configs)
+    lines += missing or ["None: every trial finished and every configuration has all its seeds."]
+    if diagrams:
+        lines += ["", "## Diagrams", ""] + [f"- `{f}`: {d}" for f, d in diagrams.items()]
     return "\n".join(lines) + "\n"

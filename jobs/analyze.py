@@ -1,9 +1,18 @@
-"""Analyse a sweep's results with Tune's own API and write the report folder.
+"""Analyse a sweep's results with Tune's own API and write the comparison report.
+
+Trials that differ only by seed are aggregated into configurations (mean, sd, count, 95% t interval); the best
+configuration per method and per LoRA preset is chosen on validation; summary.md states the verdict with the
+numbers behind it. If jobs.evaluate has scored the test split (RESULTS/report/test_metrics.csv), those test
+numbers are included; otherwise summary.md says the test split has not been evaluated. Works on a sweep still
+running, with errored trials, or with one method: the summary names what is missing.
 
 Example:
 
     python -m jobs.analyze ray_results/demo
-    # -> ray_results/demo/report/{trials.csv, epochs.csv, summary.md, *.png}
+    # -> ray_results/demo/report/{summary.md, configs.csv, trials.csv, epochs.csv, *.png}
+    python -m jobs.evaluate ray_results/demo     # the test split, once; then the summary includes it
+    python -m jobs.analyze ray_results/demo --out docs/example_report
+    python -m jobs.analyze s3://bucket/ray_results/demo --out reports/demo     # a storage URI
 """
 
 from __future__ import annotations
@@ -15,9 +24,9 @@ from jobs._cli import main_guard
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", help="a sweep's results folder, e.g. ray_results/demo")
-    p.add_argument("--out", help="report folder (default RESULTS/report)")
-    p.add_argument("--metric", default="label_f1_micro", help="metric that defines the best trial")
+    p.add_argument("results", help="a sweep's results folder or storage URI, e.g. ray_results/demo")
+    p.add_argument("--out", help="report folder (default RESULTS/report; ./NAME-report for a URI)")
+    p.add_argument("--metric", default="label_f1_micro", help="validation metric that defines the best")
     p.add_argument("--mode", default="max", choices=("max", "min"))
     return p.parse_args(argv)
 
@@ -28,7 +37,7 @@ def main(argv=None) -> None:
     from cxr_core.report_writer import write_report
 
     out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode)
-    print(f"report written to {out}")
+    print(f"report written to {out} (summary.md)")
 
 
 if __name__ == "__main__":

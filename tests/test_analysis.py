@@ -1,0 +1,543 @@
+"""The comparison analysis: seed aggregation, intervals, verdict sentences, partial results and the diagrams.
+
+Fast tests build the tidy frame by hand (the shape :func:`cxr_core.results_frame` returns) and check the
+numbers against values computed here independently with numpy/scipy. The slow test runs a real tiny sweep
+(two configurations x two seeds) with Ray Tune, then jobs.analyze and jobs.evaluate, and checks the files.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import stats
+
+from cxr_core import analysis, plots
+from cxr_core.labels import LABELS
+from tests.conftest import REPO
+
+METRIC = "label_f1_micro"
+PNGS = (
+    "metric_vs_lr.png",
+    "lora_rank_alpha_heatmap.png",
+    "target_module_ablation.png",
+    "quality_vs_trainable_params.png",
+    "quality_vs_peak_memory.png",
+    "learning_curves.png",
+    "val_loss_curves.png",
+    "per_label_f1.png",
+    "cost_per_method.png",
+)
+
+
+def trial(
+    trial_id,
+    method,
+    lr,
+    seed,
+    f1s,
+    *,
+    r=None,
+    targets=None,
+    status="TERMINATED",
+    error=None,
+    params=1000,
+    mem=500.0,
+    macro=None,
+):
+    """Tidy rows of one trial: one per epoch with label_f1_micro = f1s[epoch - 1]."""
+    base = {
+        "trial_id": trial_id,
+        "status": status,
+        "error": error,
+        "config/name": method,
+        "config/method": method,
+        "config/train/lr": lr,
+        "config/train/seed": seed,
+        "config/train/epochs": 2,
+        "config/train/batch_size": 16,
+        "config/data/max_train": 32,
+        "config/lora/r": r,
+        "config/lora/alpha": math.nan,
+        "config/lora/dropout": 0.0 if method == "lora" else math.nan,  # LoRA-only: not a varying setting
+        "config/lora/target_modules": targets,
+    }
+    if not f1s:
+        return [base]
+    rows = []
+    for epoch, f1 in enumerate(f1s, 1):
+        row = {
+            **base,
+            "epoch": epoch,
+            METRIC: f1,
+            "val_loss": 3.0 - f1 - 0.1 * epoch,
+            "bleu4": f1 / 3,
+            "label_f1_macro": (macro if macro is not None else f1 / 2) + 0.01 * epoch,
+            "trainable_params": params,
+            "total_params": 10_000 + (params if method == "lora" else 0),
+            "peak_mem_mb": mem + seed,
+            "train_samples_per_s": 100.0 + seed,
+            "train_tokens_per_s": 5000.0,
+            "wall_seconds": 60.0 + epoch,
+            "checkpoint_mb": params * 4 / 2**20,
+            "peak_mem_kind": "cpu_rss",
+        }
+        row.update({f"f1/{label}": (f1 * (i + 1) / 14) for i, label in enumerate(LABELS)})
+        rows.append(row)
+    return rows
+
+
+def frame(*trials) -> pd.DataFrame:
+    return pd.DataFrame([row for t in trials for row in t])
+
+
+@pytest.fixture
+def full():
+    """FFT at two learning rates and LoRA (two presets) at one, two seeds each."""
+    return frame(
+        trial("f1", "fft", 1e-3, 0, [0.40, 0.50], params=10_000, mem=900.0),
+        trial("f2", "fft", 1e-3, 1, [0.55, 0.60], params=10_000, mem=900.0),
+        trial("f3", "fft", 1e-4, 0, [0.20, 0.30], params=10_000, mem=900.0),
+        trial("f4", "fft", 1e-4, 1, [0.25, 0.35], params=10_000, mem=900.0),
+        trial("l1", "lora", 1e-2, 0, [0.30, 0.44], r=4, targets="all_linear", params=200, mem=450.0),
+        trial("l2", "lora", 1e-2, 1, [0.44, 0.40], r=4, targets="all_linear", params=200, mem=450.0),
+        trial("l3", "lora", 1e-2, 0, [0.10, 0.12], r=4, targets="vision", params=80, mem=400.0),
+        trial("l4", "lora", 1e-2, 1, [0.11, 0.13], r=4, targets="vision", params=80, mem=400.0),
+    )
+
+
+def tables(epochs):
+    table = analysis.trials_table(epochs, metric=METRIC, mode="max")
+    configs = analysis.configs_table(table)
+    return analysis.with_config_ids(table, configs), configs
+
+
+def t_interval(values):
+    """Independent reference: scipy's own t interval of the mean."""
+    x = np.asarray(values, dtype=float)
+    if np.ptp(x) == 0:  # no spread: a zero-width interval (scipy answers NaN)
+        return x.mean(), x.mean()
+    return stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+
+def test_mean_interval_matches_scipy():
+    x = [0.31, 0.35, 0.29, 0.40]
+    s = analysis.mean_interval(x)
+    lo, hi = t_interval(x)
+    assert (s["n"], s["mean"], s["std"]) == (4, pytest.approx(np.mean(x)), pytest.approx(np.std(x, ddof=1)))
+    assert (s["lo"], s["hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    one = analysis.mean_interval([0.5, math.nan])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["lo"]) and math.isnan(one["std"])
+
+
+def test_difference_interval_matches_welch_t_test():
+    a, b = [0.50, 0.55, 0.61], [0.40, 0.47]
+    d, lo, hi = analysis.difference_interval(analysis.mean_interval(a), analysis.mean_interval(b))
+    ci = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(np.mean(a) - np.mean(b))
+    assert (lo, hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+
+
+def test_ratio_interval_reduces_to_t_interval_when_the_reference_is_exact():
+    a, b = [0.40, 0.46, 0.43], [0.5, 0.5]  # no spread in b: the ratio's interval is a's t interval / 0.5
+    r, lo, hi = analysis.ratio_interval(analysis.mean_interval(a), analysis.mean_interval(b))
+    ref_lo, ref_hi = t_interval(a)
+    assert r == pytest.approx(np.mean(a) / 0.5)
+    assert (lo, hi) == (pytest.approx(ref_lo / 0.5), pytest.approx(ref_hi / 0.5))
+
+
+def test_pareto_front():
+    cost = [10, 20, 30, 5, 20]
+    quality = [0.5, 0.7, 0.6, 0.2, 0.65]
+    assert analysis.pareto_front(cost, quality).tolist() == [True, True, False, True, False]
+    assert analysis.pareto_front(cost, quality, mode="min").tolist() == [False, False, False, True, False]
+
+
+# -------------------------------------------------------------------------------------------- aggregation
+
+
+def test_configs_aggregate_seeds_only(full):
+    table, configs = tables(full)
+    assert len(table) == 8 and len(configs) == 4
+    assert set(configs["config_id"]) == {
+        "fft lr=0.001",
+        "fft lr=0.0001",
+        "lora:all_linear r=4 a=8 lr=0.01",
+        "lora:vision r=4 a=8 lr=0.01",
+    }
+    assert (configs["n_seeds"] == 2).all() and set(configs["seeds"]) == {"0,1"}
+    # Independently: each trial's best epoch on the metric, then mean / sd / t interval over the two seeds.
+    for cfg_id, trials in (("fft lr=0.001", ("f1", "f2")), ("lora:all_linear r=4 a=8 lr=0.01", ("l1", "l2"))):
+        rows = configs.set_index("config_id").loc[cfg_id]
+        per_trial = full[full["trial_id"].isin(trials)].sort_values("epoch")
+        best = per_trial.loc[per_trial.groupby("trial_id")[METRIC].idxmax()]
+        lo, hi = t_interval(best[METRIC])
+        assert rows[f"best_{METRIC}_mean"] == pytest.approx(best[METRIC].mean())
+        assert rows[f"best_{METRIC}_std"] == pytest.approx(best[METRIC].std(ddof=1))
+        assert rows[f"best_{METRIC}_n"] == 2
+        assert (rows[f"best_{METRIC}_lo"], rows[f"best_{METRIC}_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+        # Other metrics are read at the same (best) epoch, not at their own best.
+        assert rows["best_label_f1_macro_mean"] == pytest.approx(best["label_f1_macro"].mean())
+        assert rows["best_f1/Edema_mean"] == pytest.approx(best["f1/Edema"].mean())
+        assert rows["peak_mem_mb_mean"] == pytest.approx(
+            per_trial.groupby("trial_id")["peak_mem_mb"].last().mean()
+        )
+    # l2's best epoch is its first (0.44 > 0.40): the macro F1 is taken there.
+    lora = configs.set_index("config_id").loc["lora:all_linear r=4 a=8 lr=0.01"]
+    assert lora["best_label_f1_macro_mean"] == pytest.approx(np.mean([0.44 / 2 + 0.02, 0.44 / 2 + 0.01]))
+
+
+def test_best_configuration_per_method_is_chosen_on_the_seed_mean(full):
+    # f2 alone (0.60) is the best FFT trial; the best FFT configuration is lr=1e-3 by mean (0.55 vs 0.325).
+    _, configs = tables(full)
+    best = analysis.best_config_per(configs, "config/method", metric=METRIC, mode="max").set_index(
+        "config/method"
+    )
+    assert best.loc["fft", "config_id"] == "fft lr=0.001"
+    assert best.loc["lora", "config_id"] == "lora:all_linear r=4 a=8 lr=0.01"
+    by_variant = analysis.best_config_per(configs, "variant", metric=METRIC, mode="max")
+    assert list(by_variant["variant"]) == ["fft", "lora:all_linear", "lora:vision"]
+
+
+# ----------------------------------------------------------------------------------------------- verdict
+
+
+def test_verdict_sentences_are_computed_from_the_data(full):
+    table, configs = tables(full)
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    fft, lora = np.mean([0.50, 0.60]), np.mean([0.44, 0.44])
+    ratio = analysis.ratio_interval(analysis.mean_interval([0.44, 0.44]), analysis.mean_interval([0.50, 0.60]))
+    assert f"reaches {round(100 * lora / fft)}% of the best FFT configuration's" in text
+    assert f"(95% interval {round(100 * ratio[1])}% to {round(100 * ratio[2])}%)" in text
+    assert "with 2% of its trainable parameters, 50% of its peak memory (cpu_rss)" in text
+    # FFT [0.5, 0.6] and LoRA [0.44, 0.44]: t interval of FFT spans 0.55 +- 12.7 * 0.05 -> they overlap.
+    assert "Their 95% intervals on label_f1_micro overlap" in text and "do not separate the two" in text
+    assert "lora ran at a single learning rate (0.01): its learning rate was not tuned" in text
+    assert "fft's best learning rate is 0.001 (of 0.0001, 0.001: the largest tried" in text
+    assert "all_linear's interval" not in text  # no invented wording
+    assert "LoRA presets ranked by validation label_f1_micro" in text
+    assert (
+        "Their 95% intervals on label_f1_micro do not overlap (all_linear" in text
+    )  # 0.44 +- 0 vs 0.125 +- .06
+    assert "The test split has not been evaluated" in text and "python -m jobs.evaluate x" in text
+
+
+def test_verdict_without_overlap_and_with_one_seed():
+    epochs = frame(
+        trial("f1", "fft", 1e-3, 0, [0.50, 0.51]),
+        trial("f2", "fft", 1e-3, 1, [0.50, 0.52]),
+        trial("l1", "lora", 1e-2, 0, [0.80, 0.81], r=8, targets="text"),
+        trial("l2", "lora", 1e-2, 1, [0.80, 0.82], r=8, targets="text"),
+    )
+    table, configs = tables(epochs)
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    assert "do not overlap" in text and "LoRA is better than FFT on this metric, with 2 seeds" in text
+    one = frame(
+        trial("f1", "fft", 1e-3, 0, [0.5, 0.5]), trial("l1", "lora", 1e-2, 0, [0.6, 0.6], r=8, targets="text")
+    )
+    table, configs = tables(one)
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    assert (
+        "(one seed: no interval)" in text
+        and "the data cannot say whether the difference exceeds seed noise" in text
+    )
+    assert "overlap" not in text.split("## Protocol")[0]
+
+
+def test_baseline_line_says_beats_or_not(full):
+    table, configs = tables(full)
+    base = {"label_f1_micro": 0.45, "label_f1_macro": 0.1, "bleu4": 0.1, "report": "No evidence of edema."}
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=base, name="x")
+    assert (
+        "- best fft: label_f1_micro 0.5500 beats the baseline's 0.4500 (but its 95% interval includes it)"
+        in text
+    )
+    assert (
+        "- best lora: label_f1_micro 0.4400 does NOT beat the baseline's 0.4500 (its 95% interval lies "
+        "entirely below it)" in text
+    )
+
+
+def test_summary_reports_test_numbers_when_evaluated(full):
+    table, configs = tables(full)
+    test = pd.DataFrame(
+        [
+            {
+                "group": "fft",
+                "trial_id": "f2",
+                f"val_{METRIC}": 0.6,
+                METRIC: 0.52,
+                "label_f1_macro": 0.3,
+                "n": 40,
+            },
+            {
+                "group": "lora",
+                "trial_id": "l1",
+                f"val_{METRIC}": 0.44,
+                METRIC: 0.39,
+                "label_f1_macro": 0.2,
+                "n": 40,
+            },
+        ]
+    )
+    per_label = pd.DataFrame([{"group": g, "label": lab, "f1": 0.5} for g in ("fft", "lora") for lab in LABELS])
+    text = analysis.summary_markdown(
+        table,
+        configs=configs,
+        metric=METRIC,
+        mode="max",
+        baseline=None,
+        name="x",
+        test=test,
+        test_per_label=per_label,
+    )
+    assert "These are **test-split** numbers" in text and "not been evaluated" not in text
+    assert "| fft | f2 (fft lr=0.001, seed 1) | 0.600 | 0.520 |" in text
+    assert f"On test, LoRA's {METRIC} is {round(100 * 0.39 / 0.52)}% of FFT's" in text
+    verdict = text.split("## Protocol")[0]
+    assert f"LoRA {METRIC} 0.390 vs FFT 0.520 ({round(100 * 0.39 / 0.52)}% of FFT's)" in verdict
+
+
+# ------------------------------------------------------------------------------------- partial results
+
+
+def test_errored_and_running_trials_are_named_not_fatal(full):
+    epochs = pd.concat(
+        [
+            full[full["trial_id"] != "l2"],
+            frame(
+                trial(
+                    "l2",
+                    "lora",
+                    1e-2,
+                    1,
+                    [],
+                    r=4,
+                    targets="all_linear",
+                    status="ERROR",
+                    error="RuntimeError: CUDA out of memory",
+                )
+            ),
+            frame(trial("f9", "fft", 3e-3, 0, [0.1], status="RUNNING")),
+            frame(trial("f8", "fft", 3e-3, 1, [], status="PENDING")),
+        ],
+        ignore_index=True,
+    )
+    table, configs = tables(epochs)
+    row = configs.set_index("config_id").loc["lora:all_linear r=4 a=8 lr=0.01"]
+    assert (row["n_seeds"], row["n_errored"], row["best_label_f1_micro_mean"]) == (1, 1, pytest.approx(0.44))
+    assert math.isnan(row["best_label_f1_micro_lo"])  # one seed left: no interval
+    running = configs.set_index("config_id").loc["fft lr=0.003"]
+    assert (running["n_seeds"], running["n_unfinished"], running["n_unreported"]) == (1, 1, 1)
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    missing = text.split("## Missing, failed or unfinished")[1]
+    assert (
+        "- l2 (lora:all_linear) errored: RuntimeError: CUDA out of memory; left out of the statistics"
+        in missing
+    )
+    assert "- f9 (fft) is RUNNING after 1 epoch(s): its numbers are provisional" in missing
+    assert "- f8 (fft) is PENDING and has reported nothing yet" in missing
+    assert "- configuration lora:all_linear r=4 a=8 lr=0.01: 1 of 2 seeds have results" in missing
+
+
+def test_single_method_sweep_says_the_comparison_is_missing(tmp_path, full):
+    only_fft = full[full["config/method"] == "fft"]
+    table, configs = tables(only_fft)
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    assert "Only fft has results: the FFT-vs-LoRA comparison cannot be made from this sweep." in text
+    assert "- no lora trial in this sweep: the comparison is one-sided" in text
+    drawn = plots.draw_all(
+        analysis.with_config_ids(only_fft, configs), configs, tmp_path, metric=METRIC, mode="max"
+    )
+    assert drawn["per_label_f1.png"] == "not drawn: needs both methods; results have fft"
+    assert drawn["lora_rank_alpha_heatmap.png"].startswith("not drawn: no LoRA configuration")
+    assert (tmp_path / "metric_vs_lr.png").is_file() and not (tmp_path / "per_label_f1.png").exists()
+
+
+def test_nothing_reported_yet_still_summarises():
+    epochs = frame(
+        trial("f1", "fft", 1e-3, 0, [], status="PENDING"),
+        trial("l1", "lora", 1e-2, 0, [], r=4, targets="text", status="PENDING"),
+    )
+    table = analysis.trials_table(epochs, metric=METRIC, mode="max")
+    text = analysis.summary_markdown(table, metric=METRIC, mode="max", baseline=None, name="x")
+    assert "No trial has reported yet." in text and "- no fft trial has results yet" in text
+
+
+# -------------------------------------------------------------------------------------------- diagrams
+
+
+def _nontrivial(path):
+    assert path.stat().st_size > 10_000, path.name
+    pixels = np.asarray(Image.open(path).convert("L"))
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500, path.name
+    assert (pixels < 128).mean() > 0.005 and len(np.unique(pixels)) > 20, path.name  # drawn on, not blank
+
+
+def test_every_diagram_is_drawn(tmp_path, full):
+    table, configs = tables(full)
+    epochs = analysis.with_config_ids(full, configs)
+    drawn = plots.draw_all(
+        epochs, configs, tmp_path, metric=METRIC, mode="max", baseline=0.3, memory_kind="cpu"
+    )
+    assert set(drawn) == set(PNGS)
+    assert not [d for d in drawn.values() if d.startswith("not drawn")]
+    for name in PNGS:
+        _nontrivial(tmp_path / name)
+
+
+def test_analyze_cli_bad_path_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.analyze", str(tmp_path / "nope")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_results_frame_is_exposed_without_importing_ray():
+    code = "import sys, cxr_core; f = cxr_core.results_frame; print('ray' in sys.modules, f.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "cxr_core.tune_runner"], out.stderr
+
+
+# ------------------------------------------------------------------------------ a real sweep, end to end
+
+SPACE = """
+name: seeds
+metric: label_f1_micro
+mode: max
+defaults:
+  model: embedded
+  data: {{split_dir: {splits}, image_root: {root}, max_train: 32, max_val: 16}}
+  train: {{epochs: 2, batch_size: 16, num_threads: 1, seed: {{grid_search: [0, 1]}}}}
+  evaluation: {{max_new_tokens: 40}}
+  resources: {{cpu: 1}}
+arms:
+  - name: fft
+    method: fft
+    train: {{lr: 1.0e-3}}
+  - name: lora
+    method: lora
+    lora: {{r: 4, target_modules: all_linear}}
+    train: {{lr: 5.0e-3}}
+"""
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def sweep(small_data, tmp_path_factory):
+    root, splits = small_data
+    tmp = tmp_path_factory.mktemp("seeds")
+    space = tmp / "space.yaml"
+    space.write_text(SPACE.format(splits=splits, root=root))
+    run("jobs.sweep", str(space), "--name", "seeds", "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet")
+    run("jobs.analyze", str(tmp / "rr" / "seeds"))
+    return tmp / "rr" / "seeds"
+
+
+@pytest.mark.slow
+def test_real_sweep_aggregates_two_seeds(sweep):
+    report = sweep / "report"
+    epochs = pd.read_csv(report / "epochs.csv")
+    configs = pd.read_csv(report / "configs.csv").set_index("variant")
+    assert sorted(configs.index) == ["fft", "lora:all_linear"]
+    assert (configs["n_seeds"] == 2).all() and set(configs["seeds"].astype(str)) == {"0,1"}
+    for variant, method in (("fft", "fft"), ("lora:all_linear", "lora")):
+        mine = epochs[epochs["config/method"] == method].sort_values("epoch")
+        assert mine["trial_id"].nunique() == 2 and sorted(mine["config/train/seed"].unique()) == [0, 1]
+        best = mine.loc[mine.groupby("trial_id")[METRIC].idxmax()]  # each seed's best epoch
+        row = configs.loc[variant]
+        assert row[f"best_{METRIC}_mean"] == pytest.approx(best[METRIC].mean())
+        assert row[f"best_{METRIC}_std"] == pytest.approx(best[METRIC].std(ddof=1), abs=1e-12)
+        assert row["best_label_f1_macro_mean"] == pytest.approx(best["label_f1_macro"].mean())
+        if best[METRIC].std() > 0:
+            lo, hi = t_interval(best[METRIC])
+            assert (row[f"best_{METRIC}_lo"], row[f"best_{METRIC}_hi"]) == (
+                pytest.approx(lo),
+                pytest.approx(hi),
+            )
+        last = mine.groupby("trial_id").last()
+        assert row["peak_mem_mb_mean"] == pytest.approx(last["peak_mem_mb"].mean())
+        assert row["trainable_params_mean"] == last["trainable_params"].iloc[0]
+    summary = (report / "summary.md").read_text()
+    fft, lora = configs.loc["fft"], configs.loc["lora:all_linear"]
+    start = "The best LoRA configuration (all_linear, r=4, alpha=8, lr=0.005; 2 seeds)"
+    if fft[f"best_{METRIC}_mean"] > 0:
+        pct = analysis._pct(lora[f"best_{METRIC}_mean"] / fft[f"best_{METRIC}_mean"])
+        assert f"{start} reaches {pct} of" in summary
+    else:  # an untrained-looking FFT: no ratio, both numbers stated
+        assert (
+            f"{start} scores {lora[f'best_{METRIC}_mean']:.3f} on validation {METRIC} against 0.000" in summary
+        )
+    params = analysis._pct(lora["trainable_params_mean"] / fft["trainable_params_mean"])
+    assert f" {params} of its trainable parameters" in summary
+    assert "The test split has not been evaluated" in summary
+    for name in ("trials.csv", "epochs.csv", "configs.csv", "summary.md"):
+        assert (report / name).is_file()
+    for name in PNGS:
+        _nontrivial(report / name)
+
+
+@pytest.mark.slow
+def test_real_sweep_ratio_interval_on_val_loss(sweep, tmp_path):
+    """Selecting on val_loss (never 0, always spread over seeds): the LoRA/FFT ratio and its interval, computed
+    here from epochs.csv with the delta method and Welch's degrees of freedom."""
+    run("jobs.analyze", str(sweep), "--metric", "val_loss", "--mode", "min", "--out", str(tmp_path / "loss"))
+    epochs = pd.read_csv(tmp_path / "loss" / "epochs.csv")
+    best = epochs.groupby(["config/method", "trial_id"])["val_loss"].min()
+    a, b = best.loc["lora"].to_numpy(), best.loc["fft"].to_numpy()
+    r = a.mean() / b.mean()
+    va, vb = a.var(ddof=1) / len(a), r**2 * b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb) / b.mean()
+    pct = analysis._pct
+    text = (tmp_path / "loss" / "summary.md").read_text()
+    assert (
+        f"reaches {pct(r)} of the best FFT configuration's (lr=0.001; 2 seeds) validation val_loss "
+        f"(95% interval {pct(r - half)} to {pct(r + half)})" in text
+    )
+    assert "Their 95% intervals on val_loss" in text or "score the same val_loss" in text
+
+
+@pytest.mark.slow
+def test_real_sweep_test_numbers_flow_into_the_summary(sweep, tmp_path):
+    run("jobs.evaluate", str(sweep))
+    test = pd.read_csv(sweep / "report" / "test_metrics.csv").set_index("group")
+    out = tmp_path / "elsewhere"
+    run("jobs.analyze", str(sweep), "--out", str(out))  # finds the test tables in RESULTS/report
+    run("jobs.analyze", str(sweep))  # re-analysing keeps jobs.evaluate's files
+    assert (sweep / "report" / "test_metrics.csv").is_file()
+    for summary in ((out / "summary.md").read_text(), (sweep / "report" / "summary.md").read_text()):
+        assert "These are **test-split** numbers" in summary and "not been evaluated" not in summary
+        assert f"| fft | {test.loc['fft', 'trial_id']} (" in summary
+        assert f"| {test.loc['lora', METRIC]:.3f} |" in summary
+
+
+@pytest.mark.slow
+def test_results_frame_reads_a_storage_uri(sweep):
+    from cxr_core import results_frame
+
+    local = results_frame(sweep)
+    uri = results_frame(f"file://{sweep}")
+    assert len(uri) == len(local) == 8  # 4 trials x 2 epochs
+    cols = ["trial_id", "epoch", METRIC]
+    pd.testing.assert_frame_equal(
+        uri[cols].sort_values(cols[:2]).reset_index(drop=True),
+        local[cols].sort_values(cols[:2]).reset_index(drop=True),
+    )
