@@ -713,6 +713,18 @@ def _per_label_rows(fft, lora) -> list[dict]:
     return rows
 
 
+def test_stats(test: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict]:
+    """{group: {"config_id", "n", metric: mean_interval dict}} over the evaluated seeds of each group."""
+    out = {}
+    for group, rows in test.groupby("group", sort=True):
+        entry = {"config_id": rows["config_id"].iloc[0] if "config_id" in rows else "?", "n": len(rows)}
+        for m in metrics:
+            if m in rows:
+                entry[m] = mean_interval(rows[m])
+        out[group] = entry
+    return out
+
+
 def test_lines(
     test: pd.DataFrame | None,
     test_per_label: pd.DataFrame | None,
@@ -722,7 +734,8 @@ def test_lines(
     metric: str,
     results: str,
 ) -> list[str]:
-    """The test section: jobs.evaluate's numbers if it ran, otherwise how to run it.
+    """The test section: jobs.evaluate's numbers (mean [95% interval] over the seeds of each group's chosen
+    configuration) if it ran, otherwise how to run it.
 
     ``chosen`` maps a group (``fft``, ``lora``, ``lora:<preset>``) to its best configuration by mean over seeds.
     """
@@ -736,55 +749,35 @@ def test_lines(
             f"python -m jobs.analyze {results}",
             "```",
         ]
-    owner = table.set_index(table["trial_id"].astype(str))
+    shown = (metric, "label_f1_macro", "label5_f1_macro", "bleu4", "test_loss")
+    stats = test_stats(test, shown)
     rows = []
-    for _, r in test.iterrows():
-        tid = str(r.get("trial_id"))
-        cfg = owner["config_id"].get(tid, "?") if "config_id" in owner else "?"
-        seed = owner[SEED].get(tid, math.nan) if SEED in owner else math.nan
+    for group, entry in stats.items():
         rows.append(
             {
-                "group": r["group"],
-                "trial (configuration, seed)": f"{tid} ({cfg}, seed {_short(seed)})",
-                f"val {metric}": _num(r.get(f"val_{metric}", math.nan)),
-                **{
-                    f"test {m}": _num(r.get(m, math.nan))
-                    for m in (metric, "label_f1_macro", "label5_f1_macro", "bleu4")
-                },
-                "test loss": _num(r.get("test_loss", math.nan)),
-                "test images": _count(r.get("n", math.nan)),
+                "group": group,
+                "configuration": entry["config_id"],
+                "seeds": _count(entry["n"]),
+                **{f"test {m}": _ci(entry[m]) for m in shown if m in entry},
+                "test images": _count(test[test["group"] == group]["n"].iloc[0]) if "n" in test else "-",
             }
         )
     lines = [
-        "These are **test-split** numbers: jobs.evaluate scored, once, the checkpoint each group's best trial "
-        "chose on validation. One checkpoint (one seed) per group, so they carry no interval.",
+        "These are **test-split** numbers: jobs.evaluate scored, once, the best checkpoint (on validation) of "
+        "every seed of each group's best configuration (on validation); mean over seeds [95% t interval].",
         "",
         _md(rows),
     ]
-    groups = test.set_index("group")
-    if "fft" in groups.index and metric in groups and groups.loc["fft", metric]:
-        f = groups.loc["fft", metric]
-        for group, value in groups[metric].items():
-            if group != "fft":
-                name = "LoRA" if group == "lora" else group
-                lines += [
-                    "",
-                    f"On test, {name}'s {metric} is {_pct(value / f)} of FFT's ({_num(value)} vs {_num(f)}).",
-                ]
-    for _, r in test.iterrows():
-        tid, group = str(r.get("trial_id")), r["group"]
-        cfg = owner["config_id"].get(tid) if "config_id" in owner else None
-        if group in chosen and cfg is not None and cfg != chosen[group]:
-            lines += [
-                "",
-                f"Note: for {group}, jobs.evaluate took the single best trial ({tid}, configuration {cfg}); "
-                f"the best configuration by mean over seeds is {chosen[group]}.",
-            ]
+    lines += [""] + test_verdict(test, metric=metric) if test_verdict(test, metric=metric) else []
+    for group, entry in stats.items():
+        if group in chosen and entry["config_id"] != chosen[group]:
+            lines += ["", f"Note: for {group}, the evaluated configuration ({entry['config_id']}) differs from the "
+                      f"best by mean over seeds in this analysis ({chosen[group]}); re-run jobs.evaluate."]  # fmt: skip
     if test_per_label is not None and not test_per_label.empty and "f1" in test_per_label:
-        pivot = test_per_label.pivot_table(index="label", columns="group", values="f1").reindex(
+        pivot = test_per_label.pivot_table(index="label", columns="group", values="f1", aggfunc="mean").reindex(
             [x for x in LABELS if x in set(test_per_label["label"])]
         )
-        lines += ["", "Per-label F1 on test:", ""]
+        lines += ["", "Per-label F1 on test (mean over the evaluated seeds):", ""]
         lines.append(
             _md([{"label": lab, **{g: _num(v) for g, v in row.items()}} for lab, row in pivot.iterrows()])
         )
@@ -795,16 +788,26 @@ def test_verdict(test: pd.DataFrame | None, *, metric: str) -> list[str]:
     """The test split's answer in one sentence per LoRA group, if jobs.evaluate has run."""
     if test is None or test.empty or metric not in test or "fft" not in set(test["group"]):
         return []
-    groups = test.set_index("group")[metric]
-    fft, lines = groups["fft"], []
-    for group, value in groups.items():
+    stats = test_stats(test, (metric,))
+    fft = stats["fft"][metric]
+    lines = []
+    for group, entry in stats.items():
         if group == "fft":
             continue
-        share = f" ({_pct(value / fft)} of FFT's)" if fft else ""
-        lines.append(
-            f"On the test split (evaluated once, one checkpoint per group chosen on validation, so no interval): "
-            f"{'LoRA' if group == 'lora' else group} {metric} {_num(value)} vs FFT {_num(fft)}{share}."
+        value = entry[metric]
+        share = f" ({_pct(value['mean'] / fft['mean'])} of FFT's)" if fft["mean"] else ""
+        name = "LoRA" if group == "lora" else group
+        overlap = intervals_overlap(value, fft)
+        tail = (
+            "; with one seed on a side there is no interval"
+            if overlap is None
+            else (
+                "; the 95% intervals overlap, so the test split does not separate them"
+                if overlap
+                else "; the 95% intervals do not overlap"
+            )  # fmt: skip
         )
+        lines.append(f"On the test split: {name} {metric} {_ci(value)} vs FFT {_ci(fft)}{share}{tail}.")
     return lines
 
 

@@ -23,28 +23,35 @@ def evaluate_best(
     group_by: str = "method",
     out: str | Path,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Evaluate the best checkpoint per group on ``split``; writes ``{split}_metrics.csv`` (one row per group)
-    and ``{split}_per_label.csv`` (group x label: precision, recall, F1, support) into ``out``."""
+    """Evaluate, on ``split``, the best checkpoint of every seed of each group's best configuration (all
+    chosen on validation). Writes ``{split}_metrics.csv`` (one row per evaluated checkpoint: group,
+    config_id, trial_id, seed, every metric) and ``{split}_per_label.csv`` (checkpoint x label: precision,
+    recall, F1, support) into ``out``; the analysis aggregates them over seeds."""
     from cxr_core.tune_runner import best_checkpoints
 
     picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by)
     if not picks:
         raise CxrError(f"{results}: no trial has a checkpoint with metric {metric!r} yet; nothing to evaluate")
     rows, label_rows = [], []
+    loaded: dict[tuple, tuple] = {}  # (model, split folder, image root) -> (processor, data): read once
     for pick in picks:
         cfg = trial_config(pick["config"])
-        processor = load_processor(cfg.model)
-        data = load_split(cfg.data.split_dir, split, image_root=cfg.data.image_root, processor=processor,
-                          policy=cfg.data.image_policy)  # fmt: skip
+        key = (cfg.model, cfg.data.split_dir, cfg.data.image_root)
+        if key not in loaded:
+            processor = load_processor(cfg.model)
+            loaded[key] = (processor, load_split(cfg.data.split_dir, split, image_root=cfg.data.image_root,
+                                                 processor=processor, policy=cfg.data.image_policy))  # fmt: skip
+        processor, data = loaded[key]
         device = device_for(cfg)
         model = load_checkpoint_model(cfg, Path(pick["checkpoint_path"])).to(device)
         metrics, _ = evaluate_model(model, processor, data, evaluation=cfg.evaluation, device=device)
         per_label = metrics.pop("per_label")
         metrics[f"{split}_loss"] = metrics.pop("val_loss")
-        rows.append({"group": pick["group"], "trial_id": pick["trial_id"], "checkpoint": pick["checkpoint_path"],
-                     f"val_{metric}": pick[f"val_{metric}"], "n": len(data), **metrics})  # fmt: skip
+        ident = {k: pick[k] for k in ("group", "config_id", "trial_id", "seed")}
+        rows.append({**ident, "checkpoint": pick["checkpoint_path"], f"val_{metric}": pick[f"val_{metric}"],
+                     "n": len(data), **metrics})  # fmt: skip
         for label, values in per_label.items():
-            label_rows.append({"group": pick["group"], "label": label, **values})
+            label_rows.append({**ident, "label": label, **values})
     table, labels = pd.DataFrame(rows), pd.DataFrame(label_rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -317,38 +317,47 @@ def results_frame(path: str | Path):
 
 
 def best_checkpoints(path: str | Path, *, metric: str, mode: str, group_by: str = "method") -> list[dict]:
-    """For each group (``method``, or ``variant`` = method + LoRA preset), the trial whose best validation
-    ``metric`` is best, and that trial's best checkpoint (chosen on validation only).
+    """For each group (``method``, or ``variant`` = method + LoRA preset), the best configuration by its
+    mean over seeds of the best validation ``metric`` (see :mod:`cxr_core.analysis`), and for every seed of
+    it, that trial's best checkpoint: everything is chosen on validation only.
 
     Returns:
-        ``[{group, trial_id, config (the arm dict), checkpoint_path, val_<metric>}]``.
+        ``[{group, config_id, trial_id, seed, config (the arm dict), checkpoint_path, val_<metric>}]``.
     """
-    best: dict[str, dict] = {}
-    for result in load_results(path):
-        arm = (result.config or {}).get("arm")
-        if not arm or result.metrics_dataframe is None or metric not in result.metrics_dataframe:
-            continue
-        try:
-            checkpoint = result.get_best_checkpoint(metric, mode)
-        except (RuntimeError, ValueError):
-            checkpoint = None
-        if checkpoint is None:
-            continue
-        history = result.metrics_dataframe[metric].dropna()
-        value = float(history.max() if mode == "max" else history.min())
-        group = arm["method"]
-        if group_by == "variant" and arm["method"] == "lora":
-            targets = arm.get("lora", {}).get("target_modules", "?")
-            group = f"lora:{targets if isinstance(targets, str) else ','.join(targets)}"
-        better = group not in best or (
-            value > best[group][f"val_{metric}"] if mode == "max" else value < best[group][f"val_{metric}"]
-        )
-        if better:
-            best[group] = {
-                "group": group,
-                "trial_id": result.metrics.get("trial_id", Path(result.path).name),
-                "config": arm,
-                "checkpoint_path": checkpoint.path,
-                f"val_{metric}": value,
-            }
-    return [best[k] for k in sorted(best)]
+    from cxr_core import analysis
+
+    grid = load_results(path)
+    epochs = results_frame(path)
+    if epochs.empty or metric not in epochs:
+        return []
+    table = analysis.trials_table(epochs, metric=metric, mode=mode)
+    configs = analysis.configs_table(table)
+    key = "config/method" if group_by == "method" else "variant"
+    best = analysis.best_config_per(configs, key, metric=metric, mode=mode)
+    by_trial = {str(r.metrics.get("trial_id")): r for r in grid if r.metrics}
+    picks = []
+    for _, cfg in best.iterrows():
+        for trial_id in str(cfg["trial_ids"]).split(","):
+            result = by_trial.get(trial_id)
+            if result is None or result.error is not None:
+                continue
+            try:
+                checkpoint = result.get_best_checkpoint(metric, mode)
+            except (RuntimeError, ValueError):
+                checkpoint = None
+            if checkpoint is None:
+                continue
+            history = result.metrics_dataframe[metric].dropna()
+            arm = result.config["arm"]
+            picks.append(
+                {
+                    "group": cfg[key],
+                    "config_id": cfg["config_id"],
+                    "trial_id": trial_id,
+                    "seed": arm.get("train", {}).get("seed", 0),
+                    "config": arm,
+                    "checkpoint_path": checkpoint.path,
+                    f"val_{metric}": float(history.max() if mode == "max" else history.min()),
+                }
+            )
+    return picks
