@@ -28,6 +28,10 @@ class DataConfig:
         image_root: the MIMIC-CXR-JPG root; image paths are ``files/p../p{subject}/s{study}/{dicom}.jpg``.
         max_train, max_val: use only the first N rows (0 = all), for quick runs.
         image_policy: ``skip`` a missing or unreadable image (counted) or raise an ``error``.
+        cache_dir: node-local image cache (decoded and resized once, shared by every trial on the node):
+            ``auto`` = ``$CXR_CACHE_DIR`` or ``data/cache`` of the checkout; ``none`` = run the processor
+            in every trial instead; or a folder.
+        cache_workers: processes that build the cache; 0 = every CPU of the node the trial may use.
     """
 
     split_dir: str = "data/demo"
@@ -35,6 +39,8 @@ class DataConfig:
     max_train: int = 0
     max_val: int = 0
     image_policy: str = "skip"
+    cache_dir: str = "auto"
+    cache_workers: int = 0
 
 
 @dataclass
@@ -161,6 +167,12 @@ class TrialConfig:
         )
         need(self.data.max_train >= 0, "data.max_train", self.data.max_train, "must be >= 0 (0 = all rows)")
         need(self.data.max_val >= 0, "data.max_val", self.data.max_val, "must be >= 0 (0 = all rows)")
+        need(
+            self.data.cache_workers >= 0,
+            "data.cache_workers",
+            self.data.cache_workers,
+            "must be >= 0 (0 = all)",
+        )
         need(self.resources.cpu > 0, "resources.cpu", self.resources.cpu, "must be > 0")
         g = self.resources.gpu
         need(g >= 0 and (g <= 1 or g == int(g)), "resources.gpu", g, "use a share in [0, 1] or a whole number")

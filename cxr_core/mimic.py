@@ -52,7 +52,12 @@ def table_path(root: Path, name: str) -> Path:
 
 
 def read_labels(path: Path) -> pd.DataFrame:
-    """One labeler table, label columns renamed to the canonical (underscored) names and checked."""
+    """One labeler table (CheXpert or NegBio, ``.csv`` or ``.csv.gz``), label columns renamed to the canonical
+    (underscored) names and checked.
+
+    Raises:
+        CxrError: a missing column, a label value other than 1.0 / 0.0 / -1.0 / blank, or a study listed twice.
+    """
     frame = pd.read_csv(path)
     missing_ids = {"subject_id", "study_id"} - set(frame.columns)
     renames = canonical_label_columns(frame.columns)
@@ -72,6 +77,13 @@ def read_labels(path: Path) -> pd.DataFrame:
             "label values must be 1.0, 0.0, -1.0 or blank"
         )
     frame[list(LABELS)] = values.astype("float64")
+    dup = frame.duplicated(["subject_id", "study_id"])
+    if dup.any():
+        first = frame.loc[dup].iloc[0]
+        raise CxrError(
+            f"{path}: study {first['study_id']} of subject {first['subject_id']} is listed more than once "
+            f"({int(dup.sum())} repeated rows); a label file has one row per study (two files concatenated?)"
+        )
     return frame
 
 
@@ -105,11 +117,37 @@ def _study_datetime(frame: pd.DataFrame) -> pd.Series:
     )  # fmt: skip
 
 
+META_COLUMNS = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def parse_views(text: str | None) -> tuple[str, ...] | None:
+    """``"PA,AP"`` -> ("PA", "AP"); ``"all"`` (or None) -> None, meaning every ViewPosition, blanks included.
+
+    Raises:
+        CxrError: an empty list.
+    """
+    if text is None or str(text).strip().lower() == "all":
+        return None
+    views = tuple(v.strip() for v in str(text).split(",") if v.strip())
+    if not views:
+        raise CxrError(f"--views must list ViewPosition values (e.g. PA,AP) or be 'all', got {text!r}")
+    return views
+
+
 def mimic_frame(
     root: str | Path,
     *,
     labeler: str = "chexpert",
-    views: tuple[str, ...] = FRONTAL_VIEWS,
+    views: tuple[str, ...] | None = FRONTAL_VIEWS,
     check_images: bool = True,
 ) -> pd.DataFrame:
     """Read a MIMIC-CXR-JPG root into one frame: one row per image of the chosen views.
@@ -117,12 +155,14 @@ def mimic_frame(
     Args:
         root: the MIMIC-CXR-JPG root folder.
         labeler: ``chexpert`` (default) or ``negbio``.
-        views: ViewPosition values to keep (frontal PA and AP by default).
-        check_images: drop rows whose image file does not exist (counted in ``frame.attrs["missing"]``).
+        views: ViewPosition values to keep (frontal PA and AP by default); None keeps every image.
+        check_images: drop rows whose image file does not exist (their paths in ``frame.attrs["missing"]``).
 
     Returns:
         Columns: subject_id, study_id, dicom_id, the 14 labels (canonical names, NaN = blank), split (the
-        official one), ViewPosition, Rows, Columns, study_datetime, path (relative to ``root``).
+        official one), ViewPosition, Rows, Columns, study_datetime, path (relative to ``root``). ``attrs``
+        holds the counts: ``images_total``, ``patients_total``, ``studies_total``, ``images_view_dropped``,
+        ``no_label_row`` (images whose study the label file lacks), ``no_split_row``, ``missing``.
 
     Raises:
         CxrError: the root, a table or a column is missing, a label value is invalid, or no image is left.
@@ -134,23 +174,38 @@ def mimic_frame(
         )
     if labeler not in LABELERS:
         raise CxrError(f"labeler must be one of {', '.join(LABELERS)}, got {labeler!r}")
-    meta = pd.read_csv(table_path(root, "metadata"))
-    need = {"dicom_id", "subject_id", "study_id", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime"}
-    if need - set(meta.columns):
-        raise CxrError(
-            f"{table_path(root, 'metadata')}: missing columns {', '.join(sorted(need - set(meta.columns)))}"
-        )
+    meta_path = table_path(root, "metadata")
+    header = pd.read_csv(meta_path, nrows=0).columns
+    missing_cols = sorted(set(META_COLUMNS) - set(header))
+    if missing_cols:
+        raise CxrError(f"{meta_path}: missing columns {', '.join(missing_cols)}")
+    meta = pd.read_csv(
+        meta_path,
+        usecols=list(META_COLUMNS),
+        dtype={"dicom_id": str, "ViewPosition": str, "StudyTime": str},
+        keep_default_na=False,
+        na_values={"Rows": [""], "Columns": [""], "StudyDate": [""]},
+    )
     n_images = len(meta)
-    meta = meta[meta["ViewPosition"].isin(views)]
+    patients, studies = int(meta["subject_id"].nunique()), int(meta["study_id"].nunique())
+    if views is not None:
+        meta = meta[meta["ViewPosition"].isin(views)]
     labels = read_labels(table_path(root, labeler))
-    split = pd.read_csv(table_path(root, "split"), usecols=["dicom_id", "split"])
-    frame = meta.merge(labels, on=["subject_id", "study_id"], how="left").merge(
+    split = pd.read_csv(table_path(root, "split"), usecols=["dicom_id", "split"], dtype={"dicom_id": str})
+    split = split.drop_duplicates("dicom_id")
+    frame = meta.merge(labels, on=["subject_id", "study_id"], how="left", indicator="_labels").merge(
         split, on="dicom_id", how="left"
     )
     frame["study_datetime"] = _study_datetime(frame)
     frame["path"] = image_relpaths(frame)
-    frame.attrs["images_total"] = n_images
-    frame.attrs["images_view_dropped"] = n_images - len(meta)
+    frame.attrs.update(
+        images_total=n_images,
+        patients_total=patients,
+        studies_total=studies,
+        images_view_dropped=n_images - len(meta),
+        no_label_row=int((frame["_labels"] == "left_only").sum()),
+        no_split_row=int(frame["split"].isna().sum()),
+    )
     missing: list[str] = []
     if check_images:
         exists = np.fromiter(((root / p).is_file() for p in frame["path"]), dtype=bool, count=len(frame))
@@ -158,9 +213,12 @@ def mimic_frame(
         frame = frame[exists]
     frame.attrs["missing"] = missing
     if frame.empty:
+        shown = "every view" if views is None else f"views {', '.join(views)}"
         raise CxrError(
-            f"{root}: no images left after keeping views {', '.join(views)} and existing files; check the view "
-            "filter and that files/ holds the JPEGs"
+            f"{root}: no images left after keeping {shown} and existing files; check the view filter "
+            "(--views) and that files/ holds the JPEGs"
         )
     cols = ["subject_id", "study_id", "dicom_id", *LABELS, "split", "ViewPosition", "Rows", "Columns"]
-    return frame[[*cols, "study_datetime", "path"]].reset_index(drop=True)
+    out = frame[[*cols, "study_datetime", "path"]].reset_index(drop=True)
+    out.attrs = dict(frame.attrs)
+    return out

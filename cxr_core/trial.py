@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 import torch
 
+from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
 from cxr_core.metrics import report_metrics
@@ -113,6 +114,7 @@ def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None =
     processor = load_processor(config.model)
     data = config.data
     kw = dict(image_root=data.image_root, processor=processor, policy=data.image_policy)
+    kw.update(cache_dir=resolve_cache_dir(data.cache_dir), workers=data.cache_workers)
     train = load_split(data.split_dir, "train", limit=data.max_train, **kw)
     val = load_split(data.split_dir, "val", limit=data.max_val, **kw)
     import peft  # noqa: F401  (imported before metering for every method, so imports never count as memory)
@@ -132,8 +134,6 @@ def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None =
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total, config.train.warmup_ratio, config.train.schedule)
     )
-    for _ in range(start_epoch * steps_per_epoch):
-        scheduler.step()
     pad_id = processor.tokenizer.pad_token_id
     return Setup(config, model, processor, train, val, optimizer, scheduler, device, pad_id, start_epoch)
 
@@ -145,7 +145,7 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     loss_sum, tokens, samples, step_in_accum = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen):
+    for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device):
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
             loss = s.model(**batch).loss
@@ -198,7 +198,7 @@ def evaluate_model(
     loss_sum, tokens = 0.0, 0
     generated: list[str] = []
     pad_id = processor.tokenizer.pad_token_id
-    for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id):
+    for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id, device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(**batch).loss
@@ -224,10 +224,22 @@ def load_checkpoint_model(config: TrialConfig, folder: Path) -> torch.nn.Module:
 
 
 def save_checkpoint(s: Setup, folder: Path, epoch: int) -> int:
-    """Write ``model/`` and ``trial_state.json`` into ``folder``; returns the bytes written."""
+    """Write ``model/`` (adapter or full model), ``training_state.pt`` (optimizer and schedule, for resuming)
+    and ``trial_state.json`` into ``folder``; returns the bytes of ``model/`` (the deliverable's size)."""
     s.model.save_pretrained(folder / "model")
+    torch.save({"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict()},
+               folder / "training_state.pt")  # fmt: skip
     (folder / "trial_state.json").write_text(json.dumps({"epoch": epoch, "config": to_dict(s.config)}))
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in (folder / "model").rglob("*") if p.is_file())
+
+
+def _load_training_state(s: Setup, folder: Path) -> None:
+    """Restore optimizer and schedule (tensors only: ``weights_only=True`` never unpickles code)."""
+    path = folder / "training_state.pt"
+    if path.is_file():
+        state = torch.load(path, map_location=s.device, weights_only=True)
+        s.optimizer.load_state_dict(state["optimizer"])
+        s.scheduler.load_state_dict(state["scheduler"])
 
 
 def _load_checkpoint(model: torch.nn.Module, folder: Path) -> int:
@@ -257,6 +269,8 @@ def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path |
     wall_start = time.perf_counter()
     meter = MemoryMeter(device_for(cfg))
     s = setup(cfg, meter=meter, resume_from=resume_from)
+    if resume_from is not None:
+        _load_training_state(s, resume_from)
     trainable, total = parameter_counts(s.model)
     metrics: dict = {}
     for epoch in range(s.start_epoch, cfg.train.epochs):
