@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import trial_config
 from cxr_core.dataset import load_split
 from cxr_core.errors import CxrError
@@ -39,8 +40,9 @@ def evaluate_best(
         key = (cfg.model, cfg.data.split_dir, cfg.data.image_root)
         if key not in loaded:
             processor = load_processor(cfg.model)
-            loaded[key] = (processor, load_split(cfg.data.split_dir, split, image_root=cfg.data.image_root,
-                                                 processor=processor, policy=cfg.data.image_policy))  # fmt: skip
+            data = load_split(cfg.data.split_dir, split, image_root=cfg.data.image_root, processor=processor,
+                              policy=cfg.data.image_policy, cache_dir=resolve_cache_dir(cfg.data.cache_dir))  # fmt: skip
+            loaded[key] = (processor, data)
         processor, data = loaded[key]
         device = device_for(cfg)
         model = load_checkpoint_model(cfg, Path(pick["checkpoint_path"])).to(device)

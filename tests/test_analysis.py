@@ -267,26 +267,25 @@ def test_baseline_line_says_beats_or_not(full):
 
 
 def test_summary_reports_test_numbers_when_evaluated(full):
+    from scipy import stats as st
+
     table, configs = tables(full)
+    # jobs.evaluate's format: one row per evaluated checkpoint (every seed of each group's chosen config).
+    rows = [("fft", "f1", 0, 0.52, 0.30), ("fft", "f2", 1, 0.56, 0.32), ("lora", "l1", 0, 0.39, 0.20)]
     test = pd.DataFrame(
         [
             {
-                "group": "fft",
-                "trial_id": "f2",
-                f"val_{METRIC}": 0.6,
-                METRIC: 0.52,
-                "label_f1_macro": 0.3,
+                "group": g,
+                "config_id": f"{g} cfg",
+                "trial_id": t,
+                "seed": seed,
+                f"val_{METRIC}": 0.5,
+                METRIC: m,
+                "label_f1_macro": mac,
                 "n": 40,
-            },
-            {
-                "group": "lora",
-                "trial_id": "l1",
-                f"val_{METRIC}": 0.44,
-                METRIC: 0.39,
-                "label_f1_macro": 0.2,
-                "n": 40,
-            },
-        ]
+            }
+            for g, t, seed, m, mac in rows
+        ]  # fmt: skip
     )
     per_label = pd.DataFrame([{"group": g, "label": lab, "f1": 0.5} for g in ("fft", "lora") for lab in LABELS])
     text = analysis.summary_markdown(
@@ -300,10 +299,14 @@ def test_summary_reports_test_numbers_when_evaluated(full):
         test_per_label=per_label,
     )
     assert "These are **test-split** numbers" in text and "not been evaluated" not in text
-    assert "| fft | f2 (fft lr=0.001, seed 1) | 0.600 | 0.520 |" in text
-    assert f"On test, LoRA's {METRIC} is {round(100 * 0.39 / 0.52)}% of FFT's" in text
+    mean, half = 0.54, st.t.ppf(0.975, 1) * np.std([0.52, 0.56], ddof=1) / np.sqrt(2)
+    fft_ci = f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+    assert f"| fft | fft cfg | 2 | {fft_ci} |" in text
+    assert "| lora | lora cfg | 1 | 0.390 |" in text
     verdict = text.split("## Protocol")[0]
-    assert f"LoRA {METRIC} 0.390 vs FFT 0.520 ({round(100 * 0.39 / 0.52)}% of FFT's)" in verdict
+    share = round(100 * 0.39 / 0.54)
+    assert f"On the test split: LoRA {METRIC} 0.390 vs FFT {fft_ci} ({share}% of FFT's)" in verdict
+    assert "one seed on a side there is no interval" in verdict
 
 
 # ------------------------------------------------------------------------------------- partial results
@@ -517,16 +520,25 @@ def test_real_sweep_ratio_interval_on_val_loss(sweep, tmp_path):
 
 @pytest.mark.slow
 def test_real_sweep_test_numbers_flow_into_the_summary(sweep, tmp_path):
+    from scipy import stats as st
+
     run("jobs.evaluate", str(sweep))
-    test = pd.read_csv(sweep / "report" / "test_metrics.csv").set_index("group")
+    test = pd.read_csv(sweep / "report" / "test_metrics.csv")
+    # Every seed of each group's best configuration is evaluated: 2 seeds per group here.
+    assert sorted(test["group"]) == ["fft", "fft", "lora", "lora"] and set(test["seed"]) == {0, 1}
+    assert test.groupby("group")["config_id"].nunique().eq(1).all()
     out = tmp_path / "elsewhere"
     run("jobs.analyze", str(sweep), "--out", str(out))  # finds the test tables in RESULTS/report
     run("jobs.analyze", str(sweep))  # re-analysing keeps jobs.evaluate's files
     assert (sweep / "report" / "test_metrics.csv").is_file()
     for summary in ((out / "summary.md").read_text(), (sweep / "report" / "summary.md").read_text()):
         assert "These are **test-split** numbers" in summary and "not been evaluated" not in summary
-        assert f"| fft | {test.loc['fft', 'trial_id']} (" in summary
-        assert f"| {test.loc['lora', METRIC]:.3f} |" in summary
+        for group, rows in test.groupby("group"):
+            values = rows[METRIC].to_numpy()
+            mean = values.mean()
+            half = st.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+            ci = f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+            assert f"| {group} | {rows['config_id'].iloc[0]} | 2 | {ci} |" in summary
 
 
 @pytest.mark.slow
