@@ -294,4 +294,7 @@ def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path |
                 pid=os.getpid(),
             )
             report(metrics, Path(tmp))
+    if s.device.type == "cuda":  # hand the accelerator's memory back before the next trial on this GPU
+        del s
+        torch.cuda.empty_cache()
     return metrics
