@@ -758,7 +758,11 @@ def test_lines(
                 "group": group,
                 "configuration": entry["config_id"],
                 "seeds": _count(entry["n"]),
-                **{f"test {m}": _ci(entry[m]) for m in shown if m in entry},
+                **{
+                    ("test loss" if m == "test_loss" else f"test {m}"): _ci(entry[m])
+                    for m in shown
+                    if m in entry
+                },
                 "test images": _count(test[test["group"] == group]["n"].iloc[0]) if "n" in test else "-",
             }
         )
