@@ -19,7 +19,7 @@ from scipy import stats
 
 from cxr_core import analysis, plots
 from cxr_core.labels import LABELS
-from tests.conftest import REPO
+from tests.conftest import REPO, run_module
 
 METRIC = "label_f1_micro"
 PNGS = (
@@ -437,10 +437,7 @@ arms:
 """
 
 
-def run(*args):
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+run = run_module
 
 
 @pytest.fixture(scope="module")

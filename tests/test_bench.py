@@ -1,19 +1,16 @@
 """The benchmark scripts run (tiny sizes) and print their JSON last line; bench/gpu.py works on a CPU."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
 
 
 def last_json(*args):
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_module(*args, timeout=600)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

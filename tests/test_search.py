@@ -1,11 +1,8 @@
 """Search algorithms and schedulers on a real tiny sweep: Optuna over a conditional space, with ASHA."""
 
-import subprocess
-import sys
-
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +36,7 @@ def test_optuna_with_asha_runs_every_sample_with_its_arms_own_ranges(small_data,
     root, splits = small_data
     space = tmp_path / "space.yaml"
     space.write_text(SPACE.format(root=root, splits=splits))
-    proc = subprocess.run([sys.executable, "-m", "jobs.sweep", str(space), "--storage", str(tmp_path / "rr"),
-                           "--num-cpus", "2", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module("jobs.sweep", str(space), "--storage", str(tmp_path / "rr"), "--num-cpus", "2", "--quiet")
     frame = results_frame(tmp_path / "rr" / "optuna_asha")
     trials = frame.groupby("trial_id").first()
     assert len(trials) == 4  # num_samples summed over the arms

@@ -1,8 +1,6 @@
 """The sweep and the analysis, end to end: real Ray Tune, two tiny trials, then the report is checked."""
 
 import json
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -12,7 +10,7 @@ from sklearn.metrics import f1_score
 
 from cxr_core.labels import LABELS
 from cxr_core.report import parse_report
-from tests.conftest import REPO
+from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +35,7 @@ arms:
 """
 
 
-def run(*args, cwd=REPO):
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+run = run_module
 
 
 @pytest.fixture(scope="module")
