@@ -1,7 +1,8 @@
 """Overhead of the trial's own training loop against a bare forward/backward/optimizer loop.
 
 Same tiny model (the embedded tiny GIT, FFT), same batches, same optimizer settings, one process:
-the two loops alternate for several rounds and the median epoch times are compared.
+the two loops alternate for several rounds (which one goes first alternates too) and the median epoch
+times are compared.
 overhead = trial_time / bare_time - 1.
 
     python -m bench.step_overhead
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
     p.add_argument("--model", default="embedded")
     p.add_argument("--samples", type=int, default=192)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     from cxr_core.model import load_model, load_processor
@@ -86,8 +87,13 @@ def main(argv=None) -> dict:
     for r in range(args.rounds + 1):  # round 0 warms up both paths and is not counted
         m1, m2 = copy.deepcopy(base), copy.deepcopy(base)
         pad = processor.tokenizer.pad_token_id
-        b = bare_epoch(m1, data, batch_size=args.batch_size, pad_id=pad, lr=1e-4, seed=0)
-        t = trial_epoch(m2, processor, data, batch_size=args.batch_size, lr=1e-4, seed=0)
+        # Alternate which loop goes first (ABBA...), so warm caches favour neither.
+        if r % 2:
+            t = trial_epoch(m2, processor, data, batch_size=args.batch_size, lr=1e-4, seed=0)
+            b = bare_epoch(m1, data, batch_size=args.batch_size, pad_id=pad, lr=1e-4, seed=0)
+        else:
+            b = bare_epoch(m1, data, batch_size=args.batch_size, pad_id=pad, lr=1e-4, seed=0)
+            t = trial_epoch(m2, processor, data, batch_size=args.batch_size, lr=1e-4, seed=0)
         if r:
             bare_times.append(b)
             trial_times.append(t)
