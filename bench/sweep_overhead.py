@@ -6,7 +6,7 @@ Runs a fixed set of real trials (the embedded tiny GIT, FFT, synthetic data) on 
 training, evaluation, checkpoints); utilisation = sum of busy time / (slots x sweep wall time);
 fixed cost per trial = (slots x wall time - sum of busy time) / trials.
 
-    python -m bench.sweep_overhead                      # 4 trials of ~30 s on 2 slots, ~2.5 minutes
+    python -m bench.sweep_overhead                      # 4 trials of ~35 s on 2 slots, ~2 minutes
     python -m bench.sweep_overhead --trials 4 --epochs 2
 """
 
@@ -40,8 +40,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=4)
     p.add_argument("--slots", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--max-train", type=int, default=256, help="training rows per trial (sets trial length)")
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--max-train", type=int, default=384, help="training rows per trial (sets trial length)")
     args = p.parse_args(argv)
     from cxr_core.prepare import prepare_splits
     from cxr_core.space import load_study
@@ -59,6 +59,9 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     run_study(study, name="overhead", storage=str(tmp / "rr"), verbose=0)
     wall = time.perf_counter() - start
+    import ray
+
+    ray.shutdown()  # so no late worker log line follows the JSON
     frame = results_frame(tmp / "rr" / "overhead")
     busy = frame.groupby("trial_id")["wall_seconds"].max()
     utilisation = busy.sum() / (args.slots * wall)
