@@ -576,7 +576,7 @@ def protocol_lines(table: pd.DataFrame, configs: pd.DataFrame, *, metric: str) -
     same, differ = [], []
     for col in PROTOCOL:
         if col in table:
-            values = table[col].astype(str).unique()
+            values = [str(v) for v in table[col].unique()]  # NaN too (pandas 3 keeps it missing in astype(str))
             (same if len(values) == 1 else differ).append((col.removeprefix("config/"), values))
     if same:
         lines.append("Equal for every arm: " + ", ".join(f"{c}={v[0]}" for c, v in same) + ".")

@@ -155,6 +155,6 @@ def test_failing_trial_is_retried_then_recorded_while_the_rest_finishes(cluster,
     status = dict(zip(trials["config/name"], trials["status"], strict=True))
     assert status == {"good": "TERMINATED", "broken": "ERROR"}
     error = trials.set_index("config/name").loc["broken", "error"]
-    assert "cannot read image" in error
+    assert "unreadable" in error and "bad_root" in error  # the message names the problem and the path
     summary = (tmp_path / "rr" / "fail" / "report" / "summary.md").read_text()
-    assert "ERROR" in summary and "cannot read image" in summary
+    assert "ERROR" in summary and "unreadable" in summary
