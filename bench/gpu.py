@@ -39,8 +39,12 @@ def flops_per_sample(model, text_len: int) -> float:
     cfg = model.config
     vc = cfg.vision_config
     img_tokens = (vc.image_size // vc.patch_size) ** 2 + 1
-    vision = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." in f".{n}" and "lora_" not in n)
-    decoder = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." not in f".{n}" and "lora_" not in n)
+    vision = sum(
+        p.numel() for n, p in model.named_parameters() if ".image_encoder." in f".{n}" and "lora_" not in n
+    )
+    decoder = sum(
+        p.numel() for n, p in model.named_parameters() if ".image_encoder." not in f".{n}" and "lora_" not in n
+    )
     return 6.0 * (vision * img_tokens + decoder * (img_tokens + text_len))
 
 
@@ -83,9 +87,6 @@ def run_config(name, spec, *, device, batch, steps, text_len, tiny) -> dict:
     seconds = time.perf_counter() - start
     sps = batch * steps / seconds
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    del model, opt
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"config": name, "batch": batch, "trainable_params": trainable, "total_params": total,
             "samples_per_s": round(sps, 2), "peak_mem_gib": round(peak, 2) if peak is not None else None,
             "model_tflops_per_s": round(flops * sps / 1e12, 3), "_flops": flops}  # fmt: skip
@@ -113,7 +114,8 @@ def main(argv=None) -> dict:
                                  tiny=args.tiny)  # fmt: skip
             except torch.OutOfMemoryError:
                 row = {"config": name, "batch": batch, "error": "out of memory"}
-                torch.cuda.empty_cache()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the previous configuration's model is gone once run_config returned
             row.pop("_flops", None)
             if "model_tflops_per_s" in row:
                 row["mfu"] = round(row["model_tflops_per_s"] / args.peak_tflops, 4)

@@ -62,7 +62,9 @@ def trial_epoch(model, processor, data, *, batch_size: int, lr: float, seed: int
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     steps = -(-len(data) // batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, 0.1, "cosine"))
-    s = Setup(cfg, model, processor, data, data, opt, sched, torch.device("cpu"), processor.tokenizer.pad_token_id)
+    s = Setup(
+        cfg, model, processor, data, data, opt, sched, torch.device("cpu"), processor.tokenizer.pad_token_id
+    )
     start = time.perf_counter()
     train_epoch(s, 0)
     return time.perf_counter() - start
@@ -101,7 +103,9 @@ def main(argv=None) -> dict:
     result = {"bench": "step_overhead", "model": args.model, "samples": args.samples, "batch_size": args.batch_size,
               "rounds": args.rounds, "bare_epoch_s": round(bare, 4), "trial_epoch_s": round(trial, 4),
               "overhead": round(trial / bare - 1, 4), "target": "< 0.10"}  # fmt: skip
-    print(f"bare loop {bare:.3f} s/epoch, trial loop {trial:.3f} s/epoch, overhead {100 * (trial / bare - 1):+.1f}%")
+    print(
+        f"bare loop {bare:.3f} s/epoch, trial loop {trial:.3f} s/epoch, overhead {100 * (trial / bare - 1):+.1f}%"
+    )
     print(json.dumps(result))
     return result
 

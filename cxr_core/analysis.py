@@ -916,8 +916,15 @@ def summary_markdown(
                     )[0]
                 )
     else:
-        have = ", ".join(sorted(methods)) or "no method"
-        verdict.append(f"Only {have} has results: the FFT-vs-LoRA comparison cannot be made from this sweep.")
+        if methods:
+            have = ", ".join(sorted(methods))
+            verdict.append(
+                f"Only {have} has results: the FFT-vs-LoRA comparison cannot be made from this sweep."
+            )
+        else:
+            verdict.append(
+                "No method has results yet: the FFT-vs-LoRA comparison cannot be made from this sweep."
+            )
     verdict += test_verdict(test, metric=metric)
     verdict += baseline_lines(methods, baseline, metric=metric, mode=mode)
     verdict += preset_lines(configs, metric=metric, mode=mode) if METHOD in configs else []

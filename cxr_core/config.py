@@ -117,14 +117,14 @@ class TrialConfig:
             if not ok:
                 bad.append((key, value, fix))
 
-        need(self.method in METHODS, "method", self.method, f"use one of {', '.join(METHODS)}")
+        need(self.method in METHODS, "method", self.method, f"must be one of {', '.join(METHODS)}")
         t = self.train
         need(t.epochs >= 1, "train.epochs", t.epochs, "must be a positive integer")
         need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be a positive integer")
         need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "must be a positive number")
         need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
         need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"use one of {', '.join(SCHEDULES)}")
+        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
         need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")
@@ -141,9 +141,9 @@ class TrialConfig:
             )
         if self.method == "lora":
             need(self.lora.bias in ("none", "all", "lora_only"), "lora.bias", self.lora.bias,
-                 "use none, all or lora_only")  # fmt: skip
+                 "must be none, all or lora_only")  # fmt: skip
         need(self.fft.freeze in ("none", "vision", "text"), "fft.freeze", self.fft.freeze,
-             "use none, vision or text")  # fmt: skip
+             "must be none, vision or text")  # fmt: skip
         need(
             self.evaluation.max_new_tokens >= 1,
             "evaluation.max_new_tokens",
@@ -157,13 +157,13 @@ class TrialConfig:
             self.evaluation.uncertain in ("negative", "positive"),
             "evaluation.uncertain",
             self.evaluation.uncertain,
-            "use negative or positive",
+            "must be negative or positive",
         )
         need(
             self.data.image_policy in IMAGE_POLICIES,
             "data.image_policy",
             self.data.image_policy,
-            f"use one of {', '.join(IMAGE_POLICIES)}",
+            f"must be one of {', '.join(IMAGE_POLICIES)}",
         )
         need(self.data.max_train >= 0, "data.max_train", self.data.max_train, "must be >= 0 (0 = all rows)")
         need(self.data.max_val >= 0, "data.max_val", self.data.max_val, "must be >= 0 (0 = all rows)")
@@ -173,9 +173,19 @@ class TrialConfig:
             self.data.cache_workers,
             "must be >= 0 (0 = all)",
         )
-        need(self.resources.cpu > 0, "resources.cpu", self.resources.cpu, "must be > 0")
+        need(
+            0 < self.resources.cpu < math.inf,
+            "resources.cpu",
+            self.resources.cpu,
+            "must be a finite number > 0",
+        )
         g = self.resources.gpu
-        need(g >= 0 and (g <= 1 or g == int(g)), "resources.gpu", g, "use a share in [0, 1] or a whole number")
+        need(
+            g >= 0 and (g <= 1 or float(g).is_integer()),
+            "resources.gpu",
+            g,
+            "must be a share in [0, 1] or a whole number",
+        )
         need(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         return bad
 
@@ -226,7 +236,7 @@ def build(cls, data, *, where: str = ""):
         raise CxrError(f"`{where or cls.__name__}` must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise CxrError(f"unknown key `{key}`; valid keys here: {', '.join(sorted(names))}")

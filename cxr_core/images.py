@@ -12,6 +12,7 @@ No torch here: cache-building worker processes import only numpy and PIL.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -64,11 +65,21 @@ def safe_image_path(root: Path, rel: str) -> Path:
 def read_image(path: str | Path) -> Image.Image:
     """Open and fully decode an image (a truncated file fails here, not later) into 8-bit ``L`` or ``RGB``.
 
+    An image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 M; a MIMIC image has about 7.5 M) is
+    refused before it is decoded: PIL's decompression-bomb guard, made an error instead of a warning.
+
     Raises:
         OSError, ValueError, SyntaxError, UnidentifiedImageError: a missing, truncated or corrupt file.
+        DecompressionBombError: an oversized image.
         CxrError: a pixel format with no sensible 8-bit reading (floating point, 32-bit integers).
     """
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombWarning as exc:
+            raise Image.DecompressionBombError(str(exc)) from None
+    with opened as img:
         img.load()
         mode = img.mode
         if mode in ("L", "RGB"):
@@ -174,6 +185,8 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError):
         return "missing file"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"unreadable: oversized image (decompression-bomb guard): {text[:200]}"
     return f"unreadable: {text[:200]}"
 
 

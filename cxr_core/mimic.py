@@ -51,6 +51,16 @@ def table_path(root: Path, name: str) -> Path:
     )
 
 
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` with a malformed, empty or non-text file (or absent ``usecols``) as one CxrError."""
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, EOFError, OSError) as exc:  # ParserError, EmptyDataError, UnicodeDecodeError, bad gzip
+        raise CxrError(
+            f"{path}: cannot read it as a CSV table ({exc}); replace it with the file from MIMIC-CXR-JPG"
+        ) from None
+
+
 def read_labels(path: Path) -> pd.DataFrame:
     """One labeler table (CheXpert or NegBio, ``.csv`` or ``.csv.gz``), label columns renamed to the canonical
     (underscored) names and checked.
@@ -58,7 +68,7 @@ def read_labels(path: Path) -> pd.DataFrame:
     Raises:
         CxrError: a missing column, a label value other than 1.0 / 0.0 / -1.0 / blank, or a study listed twice.
     """
-    frame = pd.read_csv(path)
+    frame = _read_csv(path)
     missing_ids = {"subject_id", "study_id"} - set(frame.columns)
     renames = canonical_label_columns(frame.columns)
     if missing_ids or len(renames) != len(LABELS):
@@ -72,8 +82,10 @@ def read_labels(path: Path) -> pd.DataFrame:
     bad = ~(values.isna() | values.isin([1.0, 0.0, -1.0])) | (values.isna() & frame[list(LABELS)].notna())
     if bad.to_numpy().any():
         row, col = np.argwhere(bad.to_numpy())[0]
+        value = frame[LABELS[col]].iloc[row]
+        value = value.item() if isinstance(value, np.generic) else value  # 2.0, not np.float64(2.0)
         raise CxrError(
-            f"{path}: label {LABELS[col]} has value {frame[LABELS[col]].iloc[row]!r} in row {row + 2}; "
+            f"{path}: label {LABELS[col]} has value {value!r} in row {row + 2}; "
             "label values must be 1.0, 0.0, -1.0 or blank"
         )
     frame[list(LABELS)] = values.astype("float64")
@@ -175,11 +187,11 @@ def mimic_frame(
     if labeler not in LABELERS:
         raise CxrError(f"labeler must be one of {', '.join(LABELERS)}, got {labeler!r}")
     meta_path = table_path(root, "metadata")
-    header = pd.read_csv(meta_path, nrows=0).columns
+    header = _read_csv(meta_path, nrows=0).columns
     missing_cols = sorted(set(META_COLUMNS) - set(header))
     if missing_cols:
         raise CxrError(f"{meta_path}: missing columns {', '.join(missing_cols)}")
-    meta = pd.read_csv(
+    meta = _read_csv(
         meta_path,
         usecols=list(META_COLUMNS),
         dtype={"dicom_id": str, "ViewPosition": str, "StudyTime": str},
@@ -191,7 +203,7 @@ def mimic_frame(
     if views is not None:
         meta = meta[meta["ViewPosition"].isin(views)]
     labels = read_labels(table_path(root, labeler))
-    split = pd.read_csv(table_path(root, "split"), usecols=["dicom_id", "split"], dtype={"dicom_id": str})
+    split = _read_csv(table_path(root, "split"), usecols=["dicom_id", "split"], dtype={"dicom_id": str})
     split = split.drop_duplicates("dicom_id")
     frame = meta.merge(labels, on=["subject_id", "study_id"], how="left", indicator="_labels").merge(
         split, on="dicom_id", how="left"

@@ -65,6 +65,8 @@ def _arch_config(name: str):
 def _checked_model_path(name: str) -> str:
     """Resolve ``name``; a local folder (``embedded``, a path) must hold a ``config.json``."""
     path = resolve_model_name(name)
+    if not name or not name.isprintable():
+        raise CxrError(f"model name {name!r} is empty or holds control characters; give a folder or a hub id")
     looks_local = (
         name == EMBEDDED or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
     )
@@ -107,7 +109,9 @@ def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
 def model_skeleton(name: str) -> nn.Module | None:
     """The model's module tree without real weights (on the meta device): for checking module names fast.
 
-    Returns None when the config cannot be had offline (a hub id that is not cached).
+    Raises:
+        CxrError: a folder without a GIT config, or a hub id that can be neither found in the cache nor fetched
+            (a trial could not load it either, so the sweep fails before it starts).
     """
     from transformers import AutoConfig, GitForCausalLM
 
@@ -122,8 +126,18 @@ def model_skeleton(name: str) -> nn.Module | None:
         path = _checked_model_path(name)
         try:
             config = AutoConfig.from_pretrained(path)
-        except OSError:
-            return None  # a hub id that is not cached: checked when the trial loads it
+        except (OSError, ValueError) as exc:  # not cached and offline, no such repo, a bad id or config.json
+            raise CxrError(
+                f"model {name!r} is neither a model folder nor a hub model that can be loaded "
+                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); pass a folder "
+                "written by save_pretrained, 'embedded', arch:git-base, or a hub id (offline: download it first "
+                f"with `huggingface-cli download {name}` and pass the folder)"
+            ) from None
+        if getattr(config, "model_type", None) != "git":
+            raise CxrError(
+                f"model {name!r} is a {getattr(config, 'model_type', '?')!r} model, not GIT; pass a GIT model "
+                "(microsoft/git-base, a folder of one, 'embedded' or arch:git-base)"
+            )
     with torch.device("meta"):
         return GitForCausalLM(config)
 

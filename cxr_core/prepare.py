@@ -122,7 +122,10 @@ def split_frame(
     y = y_img.groupby(frame[key].to_numpy()).max()
     groups = y.index.to_numpy()
     if len(groups) < 5:
-        raise CxrError(f"only {len(groups)} {by}s after sampling; a 60/20/20 split needs at least 5")
+        raise CxrError(
+            f"only {len(groups)} {by}s left after the filters and sampling, so a split would be empty; a "
+            "60/20/20 split needs at least 5: raise --per-label, widen --views, or use another --labeler"
+        )
     train_f, val_f, test_f = fractions
     first = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=val_f + test_f, random_state=seed)
     train_idx, rest_idx = next(first.split(np.zeros(len(groups)), y.to_numpy()))
@@ -284,26 +287,46 @@ def prepare_splits(
             f"{len(bad)} sampled images are missing or unreadable, first: {root / frame['path'].iloc[pos]} "
             f"({why}); fix the files, or use --image-policy skip"
         )
+    if sampled.empty and bad:
+        pos, why = next(iter(sorted(bad.items())))
+        raise CxrError(
+            f"{mimic_root}: every eligible image is missing or unreadable ({len(bad)}, first: "
+            f"{root / frame['path'].iloc[pos]} ({why})); check that files/ under --mimic-root holds the JPEGs"
+        )
     if sampled.empty:
         raise CxrError(f"{mimic_root}: no image has a positive or uncertain label, so sampling kept nothing")
     splits = split_frame(sampled, seed=seed, by=split_by)
     for name, part in splits.items():
         if part.empty:
             raise CxrError(f"the {name} split is empty ({len(sampled)} images sampled); raise --per-label")
-    out_dir = Path(out_dir)
+    settings = {"labeler": labeler, "views": list(views) if views is not None else "all", "per_label": per_label,
+                "shuffle_seed": seed, "split_seed": seed, "split_by": split_by, "fractions": list(FRACTIONS),
+                "check_images": check, "image_policy": image_policy}  # fmt: skip
+    return _write_outputs(Path(out_dir), splits, lambda outputs: _manifest(
+        root, frame, sampled, splits, bad, outputs, n_checked, settings=settings))  # fmt: skip
+
+
+def _write_outputs(out_dir: Path, splits: dict[str, pd.DataFrame], manifest_of) -> dict:
+    """Write the split CSVs and the manifest under temporary names, then rename them into place together:
+    a run that fails (or is interrupted) leaves the previous files as they were and no half-written file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {}
-    for name, part in splits.items():
-        path = out_dir / f"{name}_split.csv"
-        atomic_write_csv(seed_frame(part), path)
-        outputs[path.name] = {"rows": len(part), **file_record(path)}
-    manifest = _manifest(
-        root, frame, sampled, splits, bad, outputs, n_checked,
-        settings={"labeler": labeler, "views": list(views) if views is not None else "all",
-                  "per_label": per_label, "shuffle_seed": seed, "split_seed": seed, "split_by": split_by,
-                  "fractions": list(FRACTIONS), "check_images": check, "image_policy": image_policy},
-    )  # fmt: skip
-    atomic_write_json(manifest, out_dir / "manifest.json")
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        outputs = {}
+        for name, part in splits.items():
+            path = out_dir / f"{name}_split.csv"
+            staged.append((path.with_name(f".{path.name}.tmp-{os.getpid()}"), path))
+            seed_frame(part).to_csv(staged[-1][0], index=False)
+            outputs[path.name] = {"rows": len(part), **file_record(staged[-1][0]), "path": str(path.resolve())}
+        manifest = manifest_of(outputs)
+        path = out_dir / "manifest.json"
+        staged.append((path.with_name(f".{path.name}.tmp-{os.getpid()}"), path))
+        staged[-1][0].write_text(json.dumps(manifest, indent=2) + "\n")
+        for tmp, path in staged:  # everything is written: only renames are left
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     return manifest
 
 
@@ -374,7 +397,12 @@ def read_split(split_dir: str | Path, split: str) -> pd.DataFrame:
         raise CxrError(
             f"{path} does not exist; run `python -m jobs.prepare_data --mimic-root DIR --out {split_dir}`"
         )
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise CxrError(
+            f"{path} is not a readable CSV ({exc}); prepare the data again with jobs.prepare_data"
+        ) from None
     if frame.empty:
         raise CxrError(f"{path} has no rows; prepare the data again with a larger --per-label")
     frame = frame.rename(columns=canonical_label_columns(frame.columns))

@@ -34,7 +34,6 @@ import yaml
 
 from cxr_core.config import TrialConfig, trial_config
 from cxr_core.errors import CxrError
-from cxr_core.model import check_targets
 
 DISTRIBUTIONS = {
     "grid_search": None,
@@ -53,6 +52,7 @@ TOP_KEYS = {
 }  # fmt: skip
 ARM_KEYS = {"name", "num_samples"}
 SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
+MAX_NODES = 100_000  # values in one file, aliases expanded: a real space has hundreds
 
 
 class _Loader(yaml.SafeLoader):
@@ -161,7 +161,10 @@ def _absolute(value):
     if isinstance(value, Dist):
         return Dist(value.kind, tuple(_absolute(v) for v in value.args))
     if isinstance(value, str) and value and "://" not in value:
-        return str(Path(value).expanduser().resolve())
+        try:
+            return str(Path(value).expanduser().resolve())
+        except (ValueError, RuntimeError, OSError) as exc:  # a NUL byte, ~unknown_user, a loop of links
+            raise CxrError(f"path {value!r} cannot be used: {exc}; give a plain folder path") from None
     return value
 
 
@@ -229,23 +232,20 @@ def load_study(
     """
     path = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CxrError(f"cannot read search space {path}: {exc.strerror}; check the path") from None
-    try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CxrError(
-            f"malformed YAML in {path}{where}: {getattr(exc, 'problem', exc)}; fix the syntax"
-        ) from None
+        raise CxrError(f"cannot read search space {path}: {exc.strerror or exc}; check the path") from None
+    except UnicodeDecodeError as exc:
+        raise CxrError(f"search space {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                       "save it as a UTF-8 YAML file") from None  # fmt: skip
+    raw = _parse_yaml(text, path)
     if not isinstance(raw, dict):
         raise CxrError(
             f"{path}: a search space must be a mapping with `arms:` (and `defaults:`), got {type(raw).__name__}"
         )
     raw = apply_overrides(raw, overrides, path)
-    unknown = sorted(set(raw) - TOP_KEYS)
+    _refuse_code(raw, path)
+    unknown = sorted(set(raw) - TOP_KEYS, key=str)
     if unknown:
         raise _fail(
             path,
@@ -288,8 +288,70 @@ def load_study(
     )
     if study.mode not in ("max", "min"):
         raise _fail(path, "mode", study.mode, "use max or min")
+    check_name(study.name, f"`name` (in {path})")
     validate_study(study, check_paths=check_paths)
     return study
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    """An experiment name is one folder under the storage root: no '/', not '..', printable."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\") or not name.isprintable():
+        raise CxrError(f"{what}: {name!r} is not a plain folder name; drop '/', '..' and control characters "
+                       "(results go to STORAGE/NAME, never elsewhere)")  # fmt: skip
+    return name
+
+
+def _parse_yaml(text: str, path: str):
+    """Safe YAML (no tags that build objects) -> plain data; every failure is one CxrError line."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CxrError(
+            f"refused YAML in {path}{where}: {exc.problem}; a search space holds plain values only "
+            "(no !!python or other object tags): nothing in it is evaluated as code"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CxrError(
+            f"malformed YAML in {path}{where}: {getattr(exc, 'problem', None) or exc}; fix the syntax"
+        ) from None
+    except RecursionError:
+        raise CxrError(f"malformed YAML in {path}: nested too deeply; flatten the file") from None
+    _check_size(raw, path)
+    return raw
+
+
+def _refuse_code(node, path: str, key: str = "") -> None:
+    """Refuse a key that asks for code (``eval``, ``sample_from``, ...) anywhere in the document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            where = f"{key}.{k}" if key else str(k)
+            if str(k) in CODE_KEYS or str(k).startswith("!!"):
+                raise _fail(path, where, v, "code is never evaluated from a search space; use grid_search, "
+                            "choice, uniform, quniform, loguniform, randint or lograndint")  # fmt: skip
+            _refuse_code(v, path, where)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refuse_code(v, path, f"{key}[{i}]")
+
+
+def _check_size(raw, path: str) -> None:
+    """Refuse a document that expands to more than MAX_NODES values (YAML aliases can nest exponentially)."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise CxrError(f"{path} expands to more than {MAX_NODES:,} values (nested YAML aliases?); "
+                           "write the space out without `*alias` chains")  # fmt: skip
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
 
 
 def _nonneg_int(value, key: str, path: str) -> int:
@@ -304,7 +366,7 @@ SEARCH_ALGORITHMS = ("variants", "optuna")
 def _stop(node, path: str) -> dict:
     """``stop: {metric_name: threshold}`` (Tune stops a trial once a reported metric reaches it)."""
     if not isinstance(node, dict) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in node.values()
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in node.items()
     ):
         raise _fail(
             path, "stop", node, "give a mapping of metric name to number, e.g. {training_iteration: 10}"
@@ -316,19 +378,19 @@ def _search(node, path: str) -> dict:
     """``search: {algorithm: variants | optuna, seed: 0}``: variants = Tune's grid + random sampling."""
     if not isinstance(node, dict):
         raise _fail(path, "search", node, "give a mapping such as {algorithm: optuna}")
-    unknown = sorted(set(node) - {"algorithm", "seed"})
+    unknown = sorted(set(node) - {"algorithm", "seed"}, key=str)
     if unknown:
         raise _fail(path, f"search.{unknown[0]}", node[unknown[0]], "unknown key; valid: algorithm, seed")
     algorithm = node.get("algorithm", "variants")
     if algorithm not in SEARCH_ALGORITHMS:
         raise _fail(path, "search.algorithm", algorithm, f"use one of {', '.join(SEARCH_ALGORITHMS)}")
-    return {"algorithm": algorithm, "seed": int(node.get("seed", 0))}
+    return {"algorithm": algorithm, "seed": _nonneg_int(node.get("seed", 0), "search.seed", path)}
 
 
 def _scheduler(node, path: str) -> dict:
     if not isinstance(node, dict):
         raise _fail(path, "scheduler", node, "give a mapping such as {type: asha, grace_period: 1}")
-    unknown = sorted(set(node) - SCHEDULER_KEYS)
+    unknown = sorted(set(node) - SCHEDULER_KEYS, key=str)
     if unknown:
         raise _fail(
             path,
@@ -339,8 +401,11 @@ def _scheduler(node, path: str) -> dict:
     if node.get("type", "fifo") not in SCHEDULERS:
         raise _fail(path, "scheduler.type", node.get("type"), f"use one of {', '.join(SCHEDULERS)}")
     for key in ("grace_period", "reduction_factor", "max_t"):
-        if key in node and (not isinstance(node[key], (int, float)) or node[key] < 1):
-            raise _fail(path, f"scheduler.{key}", node[key], "must be a number >= 1")
+        value = node.get(key)
+        if key in node and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value < 1e9
+        ):
+            raise _fail(path, f"scheduler.{key}", node[key], "must be a finite number >= 1")
     return {"type": "fifo", **node}
 
 
@@ -365,6 +430,8 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
                     f"arm {cfg.name}: `data.image_root` = {cfg.data.image_root!r} does not exist; set it to the "
                     f"MIMIC-CXR-JPG root that holds files/ (in {study.path})"
                 )
+    from cxr_core.model import check_targets  # imports torch: only once the file itself is sound
+
     for model in sorted({cfg.model for cfg in checked}):
         try:
             check_targets(model, "all_linear")  # the model itself: a missing folder fails here
@@ -377,6 +444,30 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
             except CxrError as exc:
                 raise CxrError(f"arm {cfg.name}: `lora.target_modules`: {exc} (in {study.path})") from None
     return checked
+
+
+def check_splits(study: Study) -> None:
+    """Read every arm's train and val split CSVs once, before Ray starts: a missing or empty file, missing label
+    columns, or an image path that leaves ``data.image_root`` fails here rather than in every trial.
+
+    Raises:
+        CxrError: naming the arm, the file, the problem and the fix.
+    """
+    from cxr_core.dataset import split_image_paths
+    from cxr_core.prepare import read_split
+
+    seen: set[tuple[str, str]] = set()
+    for arm in study.arms:
+        for raw in corner_configs(arm):
+            data = trial_config(raw).data
+            if (data.split_dir, data.image_root) in seen:
+                continue
+            seen.add((data.split_dir, data.image_root))
+            for split in ("train", "val"):
+                try:
+                    split_image_paths(read_split(data.split_dir, split), data.image_root)
+                except CxrError as exc:
+                    raise CxrError(f"arm {arm.name}: {exc} (in {study.path})") from None
 
 
 def parse_override(item: str):
@@ -403,6 +494,8 @@ def apply_overrides(raw: dict, overrides, path: str) -> dict:
             raw[keys[0]] = value
             continue
         targets = [raw.setdefault("defaults", {})]
+        if not isinstance(targets[0], dict):
+            raise _fail(path, "defaults", targets[0], "must be a mapping")
         targets += [a for a in raw.get("arms") or [] if isinstance(a, dict) and _has(a, keys)]
         for node in targets:
             for k in keys[:-1]:

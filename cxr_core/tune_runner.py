@@ -7,7 +7,11 @@ distributions nested inside each arm, so FFT and LoRA each get their own ranges.
 from __future__ import annotations
 
 import os
+import pickle
+import signal
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from cxr_core.errors import CxrError
@@ -166,11 +170,29 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, dashboa
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     kwargs: dict = {"include_dashboard": dashboard, "log_to_driver": True}
     if dashboard:
-        kwargs["dashboard_host"] = "127.0.0.1"
+        kwargs["dashboard_host"] = "127.0.0.1"  # never on a public interface: it can submit jobs
+        try:
+            from ray._private.utils import get_dashboard_dependency_error
+
+            missing = get_dashboard_dependency_error()
+        except ImportError:  # pragma: no cover - a Ray without the helper: let ray.init decide
+            missing = None
+        if missing is not None and not address:
+            raise CxrError(
+                f"--dashboard needs the Ray dashboard's packages ({missing}); install them with "
+                "`pip install 'ray[default]'`, or drop --dashboard"
+            )
     if address:
         ray.init(address=address, **{k: v for k, v in kwargs.items() if k == "log_to_driver"})
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)  # a new instance, even if a cluster runs here
+
+
+def stop_ray() -> None:
+    """Shut Ray down in this process (so that no worker's log line comes after the driver's last words)."""
+    import ray
+
+    ray.shutdown()
 
 
 def run_study(
@@ -216,7 +238,104 @@ def run_study(
             ),
         ),
     )
-    return tuner.fit()
+    return _fit(tuner)
+
+
+def _fit(tuner):
+    """``tuner.fit()``, with a Ctrl-C turned back into :class:`KeyboardInterrupt` once Tune has saved its state.
+
+    Tune catches the first SIGINT itself, stops the trials, saves the experiment and returns normally; its
+    handler then puts back the one it replaced, which is how the interruption is seen here.
+    """
+    watching = threading.current_thread() is threading.main_thread() and not int(
+        os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")
+    )
+    before = signal.getsignal(signal.SIGINT) if watching else None
+    grid = tuner.fit()
+    if watching and signal.getsignal(signal.SIGINT) is before:
+        raise KeyboardInterrupt("the sweep was interrupted; its state is saved")
+    return grid
+
+
+def storage_filesystem(uri: str):
+    """The (pyarrow filesystem, path) of a storage URI, as Ray Tune resolves it (Tune stores through pyarrow).
+
+    Raises:
+        CxrError: no filesystem for the URI's scheme is installed, or the storage cannot be reached.
+    """
+    import pyarrow.fs
+
+    scheme = uri.split("://", 1)[0]
+    try:
+        return pyarrow.fs.FileSystem.from_uri(uri)
+    except (ValueError, NotImplementedError, ImportError, OSError) as exc:  # ArrowInvalid is a ValueError
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, OSError) and not any(w in text for w in ("libjvm", "libhdfs", "JAVA_HOME")):
+            raise CxrError(
+                f"storage {uri} cannot be reached ({text}); check the bucket name, the credentials and the "
+                "network, or use a local or NFS path"
+            ) from None
+        raise CxrError(
+            f"storage {uri}: no filesystem for {scheme}:// is installed ({text}); Ray Tune stores results "
+            "through pyarrow, which handles s3://, gs://, hdfs:// (with Java) and file://: use one of those or "
+            "a local or NFS path"
+        ) from None
+
+
+def results_exist(target: str) -> bool:
+    """Whether ``target`` (a local folder or a storage URI) exists; a URI is checked through pyarrow.
+
+    Raises:
+        CxrError: the URI's scheme has no filesystem installed, or the storage cannot be reached.
+    """
+    if "://" not in target:
+        return Path(target).exists()
+    import pyarrow.fs
+
+    fs, fs_path = storage_filesystem(target)
+    try:
+        return fs.get_file_info(fs_path).type != pyarrow.fs.FileType.NotFound
+    except OSError as exc:
+        raise CxrError(
+            f"storage {target} cannot be reached ({exc}); check the credentials and network"
+        ) from None
+
+
+def experiment_folder(path: str, *, fix: str = "pass the folder of a sweep, STORAGE/NAME") -> str:
+    """Check that ``path`` (a local folder or a storage URI) holds a Tune experiment; returns what to restore.
+
+    Raises:
+        CxrError: the folder does not exist, is empty or is not a sweep's, or the sweep has started but saved
+            no state yet.
+    """
+    try:
+        if "://" in path:
+            import pyarrow.fs
+
+            fs, fs_path = storage_filesystem(path)
+            if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
+                raise CxrError(f"results folder {path} does not exist; {fix}")
+            names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(fs_path))]
+        else:
+            p = Path(path)
+            if not p.is_dir():
+                raise CxrError(f"results folder {path} does not exist; {fix}")
+            names = [c.name for c in p.iterdir()]
+            path = str(p.resolve())
+    except OSError as exc:
+        raise CxrError(f"cannot list results folder {path} ({exc}); check the path and permissions") from None
+    if not any(n.startswith("experiment_state-") and n.endswith(".json") for n in names):
+        if "tuner.pkl" in names:
+            raise CxrError(
+                f"{path}: the sweep has started but saved no experiment state yet; wait a few seconds and run "
+                "the command again"
+            )
+        raise CxrError(f"{path} holds no Tune experiment (no experiment_state-*.json); {fix}")
+    if "tuner.pkl" not in names:
+        raise CxrError(
+            f"{path} has an experiment state but no tuner.pkl: it is not a complete sweep folder; {fix}"
+        )
+    return path
 
 
 def resume_study(path: str, *, retry_errored: bool = False, verbose: int = 1):
@@ -229,11 +348,7 @@ def resume_study(path: str, *, retry_errored: bool = False, verbose: int = 1):
     """
     from ray import tune
 
-    if "://" not in path:
-        p = Path(path)
-        if not p.is_dir() or not any(p.glob("experiment_state-*.json")):
-            raise CxrError(f"{path} holds no Tune experiment to resume; check --name and --storage")
-        path = str(p.resolve())
+    path = experiment_folder(path, fix="check --name and --storage")
     tuner = tune.Tuner.restore(
         path,
         trainable=tune.with_resources(trainable, _resources),
@@ -241,7 +356,7 @@ def resume_study(path: str, *, retry_errored: bool = False, verbose: int = 1):
         resume_errored=retry_errored,
         restart_errored=False,
     )
-    return tuner.fit()
+    return _fit(tuner)
 
 
 def load_results(path: str | Path):
@@ -252,17 +367,23 @@ def load_results(path: str | Path):
     """
     from ray import tune
 
-    path = str(path)
-    if "://" not in path:
-        p = Path(path)
-        if not p.is_dir():
-            raise CxrError(f"results folder {path} does not exist; pass ray_results/NAME of a sweep")
-        if not any(p.glob("experiment_state-*.json")):
+    path = experiment_folder(str(path), fix="pass ray_results/NAME of a sweep")
+    for attempt in range(3):
+        try:
+            return tune.Tuner.restore(path, trainable=tune.with_resources(trainable, _resources)).get_results()
+        except RuntimeError:  # Tune could not read experiment_state-*.json (mid-write, or damaged)
+            if attempt == 2:
+                raise CxrError(
+                    f"{path}: Tune cannot read the sweep's experiment_state-*.json: the sweep is writing it "
+                    "right now (run the command again in a few seconds) or the file is damaged"
+                ) from None
+            time.sleep(1.0)
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:  # tuner.pkl unreadable
             raise CxrError(
-                f"{path} holds no Tune experiment (no experiment_state-*.json); is it a sweep's folder?"
-            )
-        path = str(p.resolve())
-    return tune.Tuner.restore(path, trainable=tune.with_resources(trainable, _resources)).get_results()
+                f"{path}: Tune cannot read the sweep's tuner.pkl ({type(exc).__name__}: {exc}); the folder is "
+                "damaged or still being created"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def trial_statuses(grid) -> dict[str, str]:
@@ -296,11 +417,14 @@ def results_frame(path: str | Path):
 
     grid = load_results(path)
     status_of = trial_statuses(grid)
+    # A trial that has not reported yet (a sweep still running) has no config on its Result: take its Trial's.
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    config_of = {Path(t.path).name: t.config for t in trials if getattr(t, "path", None)}
     rows = []
     for result in grid:
-        config: dict = {}
-        _flatten("config", (result.config or {}).get("arm", {}), config)
         folder = Path(result.path).name if result.path else ""
+        config: dict = {}
+        _flatten("config", (result.config or config_of.get(folder) or {}).get("arm", {}), config)
         trial_id = result.metrics.get("trial_id") or folder
         error = None
         if result.error is not None:
@@ -329,6 +453,12 @@ def best_checkpoints(path: str | Path, *, metric: str, mode: str, group_by: str 
     grid = load_results(path)
     epochs = results_frame(path)
     if epochs.empty or metric not in epochs:
+        unfinished = sorted(set(epochs.get("status", [])) - {"TERMINATED", "ERROR"})
+        if unfinished:
+            raise CxrError(
+                f"{path}: no trial has reported {metric!r} yet and trials are {', '.join(unfinished)}: the sweep "
+                "is still running or was interrupted; wait for a first epoch (or resume it), then evaluate"
+            )
         return []
     table = analysis.trials_table(epochs, metric=metric, mode=mode)
     configs = analysis.configs_table(table)

@@ -38,6 +38,14 @@ def main(argv=None) -> None:
 
     out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode)
     print(f"report written to {out} (summary.md)")
+    import pandas as pd
+
+    status = pd.read_csv(out / "trials.csv")["status"].fillna("UNKNOWN")
+    unfinished = status[~status.isin(["TERMINATED", "ERROR"])]
+    if len(unfinished):
+        states = ", ".join(f"{n} {s}" for s, n in unfinished.value_counts().sort_index().items())
+        print(f"note: this report is partial: {states} of {len(status)} trials (the sweep is still running or "
+              "was interrupted); analyse again once it has finished")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--by", default="method", choices=("method", "variant"), help="one best per method or per variant"
     )
-    p.add_argument("--out", help="report folder (default RESULTS/report)")
+    p.add_argument("--out", help="report folder (default RESULTS/report; ./NAME-report for a URI)")
     return p.parse_args(argv)
 
 
@@ -34,8 +34,9 @@ def main(argv=None) -> None:
     from pathlib import Path
 
     from cxr_core.evaluation import evaluate_best
+    from cxr_core.report_writer import default_out
 
-    out = Path(args.out) if args.out else Path(args.results) / "report"
+    out = Path(args.out) if args.out else default_out(args.results)  # RESULTS/report, ./NAME-report for a URI
     table, per_label = evaluate_best(
         args.results, split=args.split, metric=args.metric, mode=args.mode, group_by=args.by, out=out
     )

@@ -10,6 +10,7 @@ Example (CPU, embedded default, a few minutes):
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -41,28 +42,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from cxr_core.errors import CxrError
-    from cxr_core.space import load_study
+    from cxr_core.space import check_name, check_splits, load_study
 
     overrides = args.overrides + ([f"model={args.model}"] if args.model else [])
     study = load_study(
         args.space, overrides=overrides, check_paths=not args.dry_run
     )  # validates every arm before Ray starts
-    from cxr_core.tune_runner import init_ray, resume_study, run_study, trial_statuses
+    from cxr_core.tune_runner import init_ray, results_exist, resume_study, run_study, stop_ray, trial_statuses
 
     if args.dry_run:
         return dry_run(study, out=args.plan_out)
-    name = args.name or study.name
+    name = check_name(args.name) if args.name else study.name
     storage = args.storage or "ray_results"
     target = f"{storage.rstrip('/')}/{name}"
-    local = "://" not in storage
-    if local and Path(target).exists() and not args.resume:
+    exists = results_exist(target)  # a storage URI with no filesystem installed fails here, before Ray starts
+    if not args.resume:
+        check_splits(study)  # split CSVs readable, image paths inside the image root
+    if exists and not args.resume:
         raise CxrError(f"{target} exists already; pass --resume to continue it, or pick another --name "
                        "(earlier results are never overwritten)")  # fmt: skip
-    if args.resume and local and not Path(target).exists():
+    if args.resume and not exists:
         raise CxrError(f"--resume: {target} does not exist; check --name and --storage")
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
-    resume_hint = f"python -m jobs.sweep {args.space} --name {name}" + (
-        f" --storage {args.storage}" if args.storage else "") + " --resume"  # fmt: skip
+    storage_args = ["--storage", args.storage] if args.storage else []
+    resume_hint = shlex.join(
+        ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, "--resume"]
+    )
     verbose = 0 if args.quiet else 1
     try:
         if args.resume:
@@ -70,6 +75,7 @@ def main(argv=None) -> None:
         else:
             grid = run_study(study, name=name, storage=args.storage, verbose=verbose)
     except KeyboardInterrupt:
+        stop_ray()  # Tune has saved the state; now no trial's log line can follow the hint
         print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
         sys.exit(130)
     statuses = list(trial_statuses(grid).values())
@@ -89,9 +95,16 @@ def dry_run(study, *, out: str) -> None:
     from cxr_core.tune_runner import resolved_trials
 
     table = plan_table(resolved_trials(study))
+    from cxr_core.errors import CxrError
+
     tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out)
+    try:
+        table.to_csv(tmp, index=False)
+        tmp.replace(out)
+    except OSError as exc:
+        raise CxrError(
+            f"cannot write the plan to {out} ({exc.strerror or exc}); pass --plan-out a writable file"
+        ) from None
     shown = table.drop(columns=["arm", "seed"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(table)} trials planned, nothing trained; plan written to {out}")

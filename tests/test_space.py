@@ -78,7 +78,7 @@ def test_arms_expand_with_own_ranges(tmp_path):
         (("{grid_search: [vision, text]}", "{grid_search: [vision, textt]}"), "unknown target preset 'textt'"),
         (("epochs: 1", "epochs: one"), "`train.epochs` must be int, got 'one'"),
         (("epochs: 1", "epochz: 1"), "unknown key `train.epochz`"),
-        (("method: fft", "method: sgd"), "`method` use one of fft, lora, got 'sgd'"),
+        (("method: fft", "method: sgd"), "`method` must be one of fft, lora, got 'sgd'"),
         (("num_samples: 2", "num_samples: 2\n    resources: {gpu: 1.5}"), "resources.gpu"),
         (("train: {lr: {loguniform", "train: {lr: {sample_from"), "code is never evaluated"),
     ],
