@@ -120,6 +120,19 @@ SWEEP_ROWS = [
         ["`arms[1].lora.r.choice` = []", "give at least one value"],
     ),
     ("unknown_method", ("method: fft", "method: sgd"), [], ["`method` must be one of fft, lora, got 'sgd'"]),
+    ("rank_below_one", ("r: 4", "r: 0"), [], ["arm lora: `lora.r` must be a positive integer, got 0"]),
+    (
+        "lr_not_positive",
+        ("lr: 1.0e-3", "lr: 0.0"),
+        [],
+        ["arm fft: `train.lr` must be a positive number, got 0.0"],
+    ),
+    (
+        "gpu_share_above_one",
+        ("resources: {{cpu: 1}}".replace("{{", "{").replace("}}", "}"), "resources: {cpu: 1, gpu: 1.5}"),
+        [],
+        ["`resources.gpu` must be a share in [0, 1] or a whole number, got 1.5"],
+    ),
     (
         "unknown_target_module",
         ("target_modules: all_linear", "target_modules: [query, qproj]"),
