@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from cxr_core.config import trial_config
 from cxr_core.dataset import load_split
 from cxr_core.errors import CxrError
 from cxr_core.model import load_processor
+from cxr_core.prepare import atomic_write_csv
 from cxr_core.trial import device_for, evaluate_model, load_checkpoint_model
 
 
@@ -57,8 +57,6 @@ def evaluate_best(
     table, labels = pd.DataFrame(rows), pd.DataFrame(label_rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for frame, name in ((table, f"{split}_metrics.csv"), (labels, f"{split}_per_label.csv")):
-        tmp = out / f".{name}.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out / name)
+    atomic_write_csv(table, out / f"{split}_metrics.csv")
+    atomic_write_csv(labels, out / f"{split}_per_label.csv")
     return table, labels

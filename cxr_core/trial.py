@@ -171,9 +171,8 @@ def train_epoch(s: Setup, epoch: int) -> dict:
 
 def _optimizer_step(s: Setup) -> None:
     if s.config.train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in s.model.parameters() if p.requires_grad], s.config.train.grad_clip
-        )
+        # The optimizer's one parameter group is exactly the trainable parameters: no per-step model walk.
+        torch.nn.utils.clip_grad_norm_(s.optimizer.param_groups[0]["params"], s.config.train.grad_clip)
     s.optimizer.step()
     s.scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)

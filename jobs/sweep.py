@@ -96,11 +96,10 @@ def dry_run(study, *, out: str) -> None:
 
     table = plan_table(resolved_trials(study))
     from cxr_core.errors import CxrError
+    from cxr_core.prepare import atomic_write_csv
 
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp")
     try:
-        table.to_csv(tmp, index=False)
-        tmp.replace(out)
+        atomic_write_csv(table, Path(out))
     except OSError as exc:
         raise CxrError(
             f"cannot write the plan to {out} ({exc.strerror or exc}); pass --plan-out a writable file"

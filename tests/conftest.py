@@ -61,3 +61,39 @@ def small_data(tmp_path_factory):
     make_synthetic(root, n_patients=120, seed=1, image_size=128)
     prepare_splits(root, splits, per_label=15, seed=0)
     return root, splits
+
+
+TWO_ARM_SPACE = """
+name: {name}
+metric: label_f1_micro
+mode: max
+defaults:
+  model: embedded
+  data: {{split_dir: {splits}, image_root: {root}, max_train: {max_train}, max_val: {max_val}}}
+  train: {{epochs: 2, batch_size: 16, num_threads: 1{seed}}}
+  evaluation: {{max_new_tokens: 40}}
+  resources: {{cpu: 1}}
+arms:
+  - name: fft
+    method: fft
+    train: {{lr: 1.0e-3}}
+  - name: lora
+    method: lora
+    lora: {{r: 4, target_modules: all_linear}}
+    train: {{lr: 5.0e-3}}
+"""
+
+
+def two_arm_sweep(small_data, tmp, *, name: str, max_train: int, max_val: int, seeds=None) -> Path:
+    """Run (and analyse) a real tiny sweep: FFT at lr 1e-3 and LoRA r=4 on all linear layers, 2 epochs,
+    optionally repeated over ``seeds``; returns the experiment folder."""
+    root, splits = small_data
+    seed = f", seed: {{grid_search: {list(seeds)}}}" if seeds else ""
+    space = tmp / "space.yaml"
+    space.write_text(TWO_ARM_SPACE.format(name=name, splits=splits, root=root, max_train=max_train,
+                                          max_val=max_val, seed=seed))  # fmt: skip
+    run_module(
+        "jobs.sweep", str(space), "--name", name, "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet"
+    )
+    run_module("jobs.analyze", str(tmp / "rr" / name))
+    return tmp / "rr" / name

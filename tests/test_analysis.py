@@ -19,7 +19,7 @@ from scipy import stats
 
 from cxr_core import analysis, plots
 from cxr_core.labels import LABELS
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, run_module, two_arm_sweep
 
 METRIC = "label_f1_micro"
 PNGS = (
@@ -416,39 +416,11 @@ def test_results_frame_is_exposed_without_importing_ray():
 
 # ------------------------------------------------------------------------------ a real sweep, end to end
 
-SPACE = """
-name: seeds
-metric: label_f1_micro
-mode: max
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: 32, max_val: 16}}
-  train: {{epochs: 2, batch_size: 16, num_threads: 1, seed: {{grid_search: [0, 1]}}}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    train: {{lr: 1.0e-3}}
-  - name: lora
-    method: lora
-    lora: {{r: 4, target_modules: all_linear}}
-    train: {{lr: 5.0e-3}}
-"""
-
-
-run = run_module
-
 
 @pytest.fixture(scope="module")
 def sweep(small_data, tmp_path_factory):
-    root, splits = small_data
-    tmp = tmp_path_factory.mktemp("seeds")
-    space = tmp / "space.yaml"
-    space.write_text(SPACE.format(splits=splits, root=root))
-    run("jobs.sweep", str(space), "--name", "seeds", "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet")
-    run("jobs.analyze", str(tmp / "rr" / "seeds"))
-    return tmp / "rr" / "seeds"
+    return two_arm_sweep(small_data, tmp_path_factory.mktemp("seeds"), name="seeds", max_train=32, max_val=16,
+                         seeds=[0, 1])  # fmt: skip
 
 
 @pytest.mark.slow
@@ -498,7 +470,9 @@ def test_real_sweep_aggregates_two_seeds(sweep):
 def test_real_sweep_ratio_interval_on_val_loss(sweep, tmp_path):
     """Selecting on val_loss (never 0, always spread over seeds): the LoRA/FFT ratio and its interval, computed
     here from epochs.csv with the delta method and Welch's degrees of freedom."""
-    run("jobs.analyze", str(sweep), "--metric", "val_loss", "--mode", "min", "--out", str(tmp_path / "loss"))
+    run_module(
+        "jobs.analyze", str(sweep), "--metric", "val_loss", "--mode", "min", "--out", str(tmp_path / "loss")
+    )
     epochs = pd.read_csv(tmp_path / "loss" / "epochs.csv")
     best = epochs.groupby(["config/method", "trial_id"])["val_loss"].min()
     a, b = best.loc["lora"].to_numpy(), best.loc["fft"].to_numpy()
@@ -519,14 +493,14 @@ def test_real_sweep_ratio_interval_on_val_loss(sweep, tmp_path):
 def test_real_sweep_test_numbers_flow_into_the_summary(sweep, tmp_path):
     from scipy import stats as st
 
-    run("jobs.evaluate", str(sweep))
+    run_module("jobs.evaluate", str(sweep))
     test = pd.read_csv(sweep / "report" / "test_metrics.csv")
     # Every seed of each group's best configuration is evaluated: 2 seeds per group here.
     assert sorted(test["group"]) == ["fft", "fft", "lora", "lora"] and set(test["seed"]) == {0, 1}
     assert test.groupby("group")["config_id"].nunique().eq(1).all()
     out = tmp_path / "elsewhere"
-    run("jobs.analyze", str(sweep), "--out", str(out))  # finds the test tables in RESULTS/report
-    run("jobs.analyze", str(sweep))  # re-analysing keeps jobs.evaluate's files
+    run_module("jobs.analyze", str(sweep), "--out", str(out))  # finds the test tables in RESULTS/report
+    run_module("jobs.analyze", str(sweep))  # re-analysing keeps jobs.evaluate's files
     assert (sweep / "report" / "test_metrics.csv").is_file()
     for summary in ((out / "summary.md").read_text(), (sweep / "report" / "summary.md").read_text()):
         assert "These are **test-split** numbers" in summary and "not been evaluated" not in summary

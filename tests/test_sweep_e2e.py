@@ -10,43 +10,15 @@ from sklearn.metrics import f1_score
 
 from cxr_core.labels import LABELS
 from cxr_core.report import parse_report
-from tests.conftest import run_module
+from tests.conftest import two_arm_sweep
 
 pytestmark = pytest.mark.slow
-
-SPACE = """
-name: e2e
-metric: label_f1_micro
-mode: max
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: 48, max_val: 24}}
-  train: {{epochs: 2, batch_size: 16, num_threads: 1}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    train: {{lr: 1.0e-3}}
-  - name: lora
-    method: lora
-    lora: {{r: 4, target_modules: all_linear}}
-    train: {{lr: 5.0e-3}}
-"""
-
-
-run = run_module
 
 
 @pytest.fixture(scope="module")
 def sweep(small_data, tmp_path_factory):
-    root, splits = small_data
-    tmp = tmp_path_factory.mktemp("sweep")
-    space = tmp / "space.yaml"
-    space.write_text(SPACE.format(splits=splits, root=root))
-    run("jobs.sweep", str(space), "--name", "e2e", "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet")
-    run("jobs.analyze", str(tmp / "rr" / "e2e"))
-    return tmp / "rr" / "e2e", splits
+    path = two_arm_sweep(small_data, tmp_path_factory.mktemp("sweep"), name="e2e", max_train=48, max_val=24)
+    return path, small_data[1]
 
 
 def test_report_files(sweep):
