@@ -44,6 +44,7 @@ METHOD, LR, RANK, ALPHA, TARGETS = CONFIG_SHOWN
 SEED = "config/train/seed"
 NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
 CONFIDENCE = 0.95
+MIN_SEEDS_FOR_T = 3  # fewer seeds: rows show the min-max over seeds, not a t interval
 # Settings that must be equal across arms for "same data, same number of optimizer steps".
 PROTOCOL = (
     "config/train/epochs",
@@ -91,6 +92,7 @@ def trials_table(epochs: pd.DataFrame, *, metric: str, mode: str) -> pd.DataFram
     for trial_id, group in epochs.groupby("trial_id", sort=True):
         first = group.iloc[0]
         row = {"trial_id": trial_id, "status": first.get("status"), "error": first.get("error")}
+        row["trial_path"] = first.get("trial_path")
         row.update({c: first[c] for c in group.columns if c.startswith("config/")})
         row["variant"] = variant_label(row)
         reported = group.dropna(subset=[metric]) if metric in group else group.iloc[0:0]
@@ -146,15 +148,16 @@ def mean_interval(values, *, confidence: float = CONFIDENCE) -> dict:
     One value says nothing about the spread: with n < 2, ``std``, ``lo`` and ``hi`` are NaN.
 
     Returns:
-        ``{"mean", "std", "n", "lo", "hi"}``.
+        ``{"mean", "std", "n", "lo", "hi", "min", "max"}``.
     """
     x = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype(float).to_numpy()
     x = x[np.isfinite(x)]
     n = len(x)
-    out = {"mean": math.nan, "std": math.nan, "n": n, "lo": math.nan, "hi": math.nan}
+    out = {"mean": math.nan, "std": math.nan, "n": n, "lo": math.nan, "hi": math.nan, "min": math.nan,
+           "max": math.nan}  # fmt: skip
     if n == 0:
         return out
-    out["mean"] = float(x.mean())
+    out.update(mean=float(x.mean()), min=float(x.min()), max=float(x.max()))
     if n < 2:
         return out
     sd = float(x.std(ddof=1))
@@ -299,8 +302,9 @@ def configs_table(table: pd.DataFrame, *, confidence: float = CONFIDENCE) -> pd.
         row["seeds"] = ",".join(_short(s) for s in usable[SEED]) if SEED in usable else ""
         row["trial_ids"] = ",".join(map(str, group["trial_id"]))
         for col in values:
-            s = mean_interval(usable[col], confidence=confidence)
+            s = honest_interval(col, mean_interval(usable[col], confidence=confidence))
             row.update({f"{col}_{k}": v for k, v in s.items()})
+        row["interval"] = "t" if row["n_seeds"] >= MIN_SEEDS_FOR_T else "min-max"
         rows.append(row)
     configs = pd.DataFrame(rows)
     dup = configs["config_id"].duplicated(keep=False)
@@ -308,6 +312,37 @@ def configs_table(table: pd.DataFrame, *, confidence: float = CONFIDENCE) -> pd.
         configs.loc[dup, "config_id"] += " #" + (configs[dup].groupby("config_id").cumcount() + 1).astype(str)
     by = [c for c in (METHOD, "variant", RANK, LR) if c in configs]
     return configs.sort_values(by, na_position="first", kind="stable").reset_index(drop=True)
+
+
+def metric_bounds(col: str) -> tuple[float, float]:
+    """The range a per-trial column can take: [0, 1] for rates and scores, [0, inf) for losses and costs."""
+    name = col.removeprefix("best_").removeprefix("final_")
+    if name in QUALITY or name.startswith(("label", "f1/", "bleu")):
+        return 0.0, 1.0
+    return 0.0, math.inf
+
+
+def honest_interval(col: str, s: dict) -> dict:
+    """The interval a configuration's row shows for ``col`` (a :func:`mean_interval` dict, adjusted):
+
+    - cost columns (parameters, memory, throughput, time, size): the min-max over seeds, what was measured;
+    - with fewer than :data:`MIN_SEEDS_FOR_T` seeds: the min-max over seeds (a t interval on two values is
+      12.7 standard errors wide and says little);
+    - otherwise the t interval, cut to the column's range (:func:`metric_bounds`).
+
+    Quality metrics with per-image records get a two-level bootstrap interval instead
+    (:mod:`cxr_core.comparison`), which lies inside the range by construction.
+    """
+    s = dict(s)
+    if s["n"] < 2:
+        return s  # one value: no interval of any kind
+    if col in COST or s["n"] < MIN_SEEDS_FOR_T:
+        s["lo"], s["hi"] = s["min"], s["max"]
+        return s
+    low, high = metric_bounds(col)
+    if not _isnan(s["lo"]):
+        s["lo"], s["hi"] = max(s["lo"], low), min(s["hi"], high)
+    return s
 
 
 def with_config_ids(frame: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
@@ -318,7 +353,7 @@ def with_config_ids(frame: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
 
 def stat(row, col: str) -> dict:
     """The :func:`mean_interval` dict of metric ``col`` stored in a :func:`configs_table` row."""
-    return {k: row.get(f"{col}_{k}", math.nan) for k in ("mean", "std", "n", "lo", "hi")}
+    return {k: row.get(f"{col}_{k}", math.nan) for k in ("mean", "std", "n", "lo", "hi", "min", "max")}
 
 
 def best_config_per(configs: pd.DataFrame, key: str, *, metric: str, mode: str) -> pd.DataFrame:
@@ -441,6 +476,8 @@ def comparison_lines(
         interval = f" (95% interval {_pct(lo)} to {_pct(hi)})" if not _isnan(lo) else ""
         if min(q_l["n"], q_f["n"]) < 2:
             interval = " (one seed: no interval)"
+        elif min(q_l["n"], q_f["n"]) < MIN_SEEDS_FOR_T:
+            interval = f" ({int(min(q_l['n'], q_f['n']))} seeds: no interval)"
         quality = f"reaches {_pct(r)} of the best FFT configuration's ({_describe(fft)}) validation "
         quality += f"{metric}{interval}"
     cost = []
@@ -459,7 +496,8 @@ def comparison_lines(
         if _isnan(a["mean"]) or _isnan(b["mean"]):
             continue
         r2, lo2, hi2 = ratio_interval(a, b)
-        iv = f" (95% interval {_pct(lo2)} to {_pct(hi2)})" if not _isnan(lo2) else ""
+        few = min(a["n"], b["n"]) < MIN_SEEDS_FOR_T
+        iv = f" (95% interval {_pct(lo2)} to {_pct(hi2)})" if not _isnan(lo2) and not few else ""
         if _isnan(r2):
             lines.append(f"On {m} (at the same checkpoints): LoRA {_num(a['mean'])}, FFT {_num(b['mean'])}.")
         else:
@@ -475,6 +513,15 @@ def _overlap_sentence(a: dict, b: dict, name_a: str, name_b: str, *, metric: str
         return (
             f"{name_a} {_num(a['mean'])} vs {name_b} {_num(b['mean'])} on {metric}: with one seed on at least "
             f"one side there is no interval, so the data cannot say whether the difference exceeds seed noise."
+        )
+    if min(a["n"], b["n"]) < MIN_SEEDS_FOR_T:
+        n = int(min(a["n"], b["n"]))
+        return (
+            f"{name_a} {_num(a['mean'])} (seeds {_num(a['min'])} to {_num(a['max'])}) vs {name_b} "
+            f"{_num(b['mean'])} (seeds {_num(b['min'])} to {_num(b['max'])}) on {metric}: with {n} seeds and no "
+            "per-image records there is no trustworthy interval, so the data cannot say whether the difference "
+            "exceeds seed noise; run 3 or more seeds (sweeps made by this version also keep per-image records, "
+            "which give paired verdicts)."
         )
     if a["std"] == 0 and b["std"] == 0 and a["mean"] == b["mean"]:
         return (
@@ -561,12 +608,11 @@ def protocol_lines(table: pd.DataFrame, configs: pd.DataFrame, *, metric: str) -
     if not reported.empty:
         lo, hi = int(reported["n_seeds"].min()), int(reported["n_seeds"].max())
         span = str(lo) if lo == hi else f"{lo} to {hi}"
-        note = " Configurations with one seed have no interval." if lo < 2 else ""
-        if hi >= 2:
-            t = float(stats.t.ppf((1 + CONFIDENCE) / 2, max(lo, 2) - 1))
-            note += (
-                f" With {max(lo, 2)} seeds the 95% half-width is {t:.3g} x s/√n, so intervals are wide; they "
-                f"are not clipped to a metric's range."
+        note = ""
+        if lo < MIN_SEEDS_FOR_T:
+            note = (
+                f" With fewer than {MIN_SEEDS_FOR_T} seeds a seed-level t interval says little (with 2 seeds its "
+                "half-width is 12.7 standard errors), so such configurations show the min-max over seeds."
             )
         lines.append(f"Seeds per configuration: {span} ({len(reported)} configurations with results).{note}")
     if LR in configs:
@@ -630,22 +676,17 @@ def missing_lines(table: pd.DataFrame, configs: pd.DataFrame) -> list[str]:
 def _config_rows(frame: pd.DataFrame, *, metric: str) -> list[dict]:
     rows = []
     for _, r in frame.iterrows():
-        rows.append(
-            {
-                "configuration": r["config_id"],
-                "seeds": int(r["n_seeds"]),
-                f"{metric} [95% CI]": _ci(stat(r, f"best_{metric}")),
-                **(
-                    {"label_f1_macro [95% CI]": _ci(stat(r, "best_label_f1_macro"))}
-                    if metric != "label_f1_macro"
-                    else {}
-                ),
-                "bleu4 [95% CI]": _ci(stat(r, "best_bleu4")),
-                "val loss (final)": _num(r.get("final_val_loss_mean", math.nan)),
-                "trainable params": _count(r.get("trainable_params_mean", math.nan)),
-                "peak mem (MB)": _num(r.get("peak_mem_mb_mean", math.nan), 0),
-            }
-        )
+        row = {"configuration": r["config_id"], "seeds": int(r["n_seeds"])}
+        row[f"{metric} [interval]"] = _ci(stat(r, f"best_{metric}"))
+        if metric != "label_f1_macro":
+            row["label_f1_macro [interval]"] = _ci(stat(r, "best_label_f1_macro"))
+        row["unparsed"] = _num(r.get("best_unparsed_rate_mean", math.nan), 2)
+        row["bleu4 [interval]"] = _ci(stat(r, "best_bleu4"))
+        row["interval"] = str(r.get("interval", "-"))
+        row["val loss (final)"] = _num(r.get("final_val_loss_mean", math.nan))
+        row["trainable params"] = _count(r.get("trainable_params_mean", math.nan))
+        row["peak mem (MB)"] = _num(r.get("peak_mem_mb_mean", math.nan), 0)
+        rows.append(row)
     return rows
 
 
@@ -720,7 +761,7 @@ def test_stats(test: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict]:
         entry = {"config_id": rows["config_id"].iloc[0] if "config_id" in rows else "?", "n": len(rows)}
         for m in metrics:
             if m in rows:
-                entry[m] = mean_interval(rows[m])
+                entry[m] = honest_interval(m, mean_interval(rows[m]))
         out[group] = entry
     return out
 
@@ -733,9 +774,11 @@ def test_lines(
     *,
     metric: str,
     results: str,
+    intervals: dict | None = None,
 ) -> list[str]:
-    """The test section: jobs.evaluate's numbers (mean [95% interval] over the seeds of each group's chosen
-    configuration) if it ran, otherwise how to run it.
+    """The test section: jobs.evaluate's numbers (mean [interval] over the seeds of each group's chosen
+    configuration) if it ran, otherwise how to run it. ``intervals`` (``{group: {metric: dict}}``, two-level
+    bootstrap on the per-image test records) replaces the seed-level interval where given.
 
     ``chosen`` maps a group (``fft``, ``lora``, ``lora:<preset>``) to its best configuration by mean over seeds.
     """
@@ -749,8 +792,15 @@ def test_lines(
             f"python -m jobs.analyze {results}",
             "```",
         ]
-    shown = (metric, "label_f1_macro", "label5_f1_macro", "bleu4", "test_loss")
+    shown = tuple(
+        dict.fromkeys((metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate", "bleu4", "test_loss"))
+    )
     stats = test_stats(test, shown)
+    for group, entry in stats.items():
+        for m, iv in ((intervals or {}).get(group) or {}).items():
+            if m in entry:
+                entry[m] = {**entry[m], "lo": iv["lo"], "hi": iv["hi"]}
+    kind = "95% two-level bootstrap interval over seeds and test images" if intervals else "seed-level interval"
     rows = []
     for group, entry in stats.items():
         rows.append(
@@ -768,7 +818,8 @@ def test_lines(
         )
     lines = [
         "These are **test-split** numbers: jobs.evaluate scored, once, the best checkpoint (on validation) of "
-        "every seed of each group's best configuration (on validation); mean over seeds [95% t interval].",
+        f"every seed of each group's best configuration (on validation); mean over seeds [{kind}; with fewer than "
+        f"{MIN_SEEDS_FOR_T} seeds and no records, min-max]. BLEU's interval is over seeds only.",
         "",
         _md(rows),
     ]
@@ -839,18 +890,122 @@ def baseline_lines(methods: dict, baseline: dict | None, *, metric: str, mode: s
     ]
 
 
-def _against(s: dict, value: float, mode: str) -> str:
-    """Where a 95% interval lies relative to ``value``: wholly better, wholly worse, or across it."""
-    if _isnan(s["lo"]):
+def _against(s: dict, value: float, mode: str, *, what: str = "95% interval") -> str:
+    """Where an interval (or seed range) lies relative to ``value``: wholly better, wholly worse, or across it."""
+    if _isnan(s["lo"]) or s["n"] < 2:
         return " (one seed: no interval)"
     if s["lo"] <= value <= s["hi"]:
-        return (
-            " (but its 95% interval includes it)"
-            if (s["mean"] > value) == (mode == "max")
-            else (" (its 95% interval includes it)")
-        )
+        better = (s["mean"] > value) == (mode == "max")
+        return f" (but its {what} includes it)" if better else f" (its {what} includes it)"
     above = s["lo"] > value
-    return f" (its 95% interval lies entirely {'above' if above else 'below'} it)"
+    return f" (its {what} lies entirely {'above' if above else 'below'} it)"
+
+
+def _interval_words(row) -> str:
+    kind = row.get("interval") if hasattr(row, "get") else None
+    return {"min-max": "seed range (min-max)", "bootstrap": "95% bootstrap interval"}.get(kind, "95% interval")
+
+
+def paired_lines(comparisons: pd.DataFrame | None, *, kinds: Sequence[str], split: str) -> list[str]:
+    """The verdict sentences of the paired comparisons of the given kinds on one split, in table order."""
+    if comparisons is None or comparisons.empty:
+        return []
+    rows = comparisons[comparisons["kind"].isin(kinds) & (comparisons["split"] == split)]
+    return [str(x) for x in rows["sentence"]]
+
+
+def _unparsed_note(fft, lora) -> str:
+    a, b = lora.get("best_unparsed_rate_mean", math.nan), fft.get("best_unparsed_rate_mean", math.nan)
+    if _isnan(a) or _isnan(b):
+        return ""
+    return (
+        f" Unparsed sentences (read as all-negative): LoRA {a:.2f}, FFT {b:.2f} of their generated sentences."
+    )
+
+
+def quality_cost_lines(fft, lora, *, metric: str, memory_kind: str, planned: dict | None) -> list[str]:
+    """LoRA's share of FFT's quality (point value; the paired comparison carries the uncertainty) and its cost:
+    as measured on this sweep's model, and as planned at the study's target scale, with which to trust."""
+    q_l, q_f = stat(lora, f"best_{metric}")["mean"], stat(fft, f"best_{metric}")["mean"]
+    share = f"reaches {_pct(q_l / q_f)} of" if q_f and not _isnan(q_l) else "is compared with"
+    lines = [
+        f"The best LoRA configuration ({_describe(lora)}) {share} the best FFT configuration's ({_describe(fft)}) "
+        f"validation {metric} ({_num(q_l)} vs {_num(q_f)})." + _unparsed_note(fft, lora)
+    ]
+    measured = []
+    for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
+        a, b = stat(lora, col)["mean"], stat(fft, col)["mean"]
+        if not _isnan(a) and b:
+            measured.append(f"{_pct(a / b)} of FFT's {word}")
+    a, b = stat(lora, "train_samples_per_s")["mean"], stat(fft, "train_samples_per_s")["mean"]
+    if not _isnan(a) and b:
+        measured.append(f"{a / b:.2f}x its training throughput")
+    if measured:
+        total = stat(fft, "total_params")["mean"]
+        size = f"{total / 1e6:.2f}M-parameter " if not _isnan(total) else ""
+        where = f"; peak memory is {memory_kind}" if memory_kind else ""
+        lines.append(f"Measured on this sweep's {size}model{where}: LoRA uses {', '.join(measured)}.")
+    if planned:
+        lines.append(
+            f"Planned at {planned['model']} (the study's target scale; dry-run plan: weights, gradients and AdamW "
+            f"state, no activations): LoRA trains {_pct(planned['lora_trainable'] / planned['fft_trainable'])} of "
+            f"FFT's parameters ({_count(planned['lora_trainable'])} vs {_count(planned['fft_trainable'])}) and "
+            f"needs {_pct(planned['lora_memory_mb'] / planned['fft_memory_mb'])} of its training memory "
+            f"({planned['lora_memory_mb']:,.0f} vs {planned['fft_memory_mb']:,.0f} MB, fp32). For what the methods "
+            "cost at scale trust these planned figures (bench.method_cost measures git-base steps); the measured "
+            "memory and throughput above describe only this small model, where activations and allocator noise "
+            "dominate."
+        )
+    return lines
+
+
+def interval_note(
+    configs: pd.DataFrame, comparisons: pd.DataFrame | None, *, margin: float, n_boot: int
+) -> str:
+    """One paragraph on what the intervals in this report are."""
+    kinds = set(configs.get("interval", pd.Series(dtype=object)).dropna())
+    parts = []
+    if "bootstrap" in kinds:
+        parts.append(
+            f"Quality intervals are 95% percentile intervals of a two-level bootstrap ({n_boot:,} resamples: the "
+            "seeds, then the images of the split), so they stay inside the metric's range"
+        )
+    if "t" in kinds:
+        parts.append(
+            "configurations without per-image records show a 95% t interval over seeds, cut to the range"
+        )
+    if "min-max" in kinds:
+        parts.append(
+            "configurations with fewer than 3 seeds show the min-max over their seeds, not an interval"
+        )
+    text = "; ".join(parts) + "." if parts else ""
+    text = text[:1].upper() + text[1:]
+    if comparisons is not None and not comparisons.empty:
+        text += (
+            " Comparisons are paired over the same images; each verdict is one of better, worse, equivalent "
+            f"within ±{margin:g} (two one-sided tests) or inconclusive (see docs/statistics.md)."
+        )
+    return text + " Cost columns show the mean over seeds (whiskers and ranges: min-max)."
+
+
+def _comparison_rows(comparisons: pd.DataFrame) -> list[dict]:
+    rows = []
+    for _, r in comparisons.iterrows():
+        rows.append(
+            {
+                "split": r["split"],
+                "kind": r["kind"],
+                "A": r["a"],
+                "B": r["b"],
+                "metric": r["metric"],
+                "A - B [95%]": f"{r['difference']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]",
+                "P(A better)": f"{r['p_a_better']:.2f}",
+                "verdict": str(r["verdict"]).replace("_", " "),
+                "images": _count(r["n_images"]),
+                "seeds A/B": f"{int(r['n_seeds_a'])}/{int(r['n_seeds_b'])}",
+            }
+        )
+    return rows
 
 
 def summary_markdown(
@@ -865,6 +1020,12 @@ def summary_markdown(
     test_per_label: pd.DataFrame | None = None,
     results: str | None = None,
     diagrams: dict[str, str] | None = None,
+    comparisons: pd.DataFrame | None = None,
+    test_intervals: dict | None = None,
+    planned: dict | None = None,
+    margin: float = 0.02,
+    sparse: Sequence[str] = (),
+    n_boot: int = 0,
 ) -> str:
     """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
     LoRA preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
@@ -874,6 +1035,11 @@ def summary_markdown(
         table: :func:`trials_table`. configs: :func:`configs_table` (computed when None).
         baseline: :func:`constant_baseline` or None. test, test_per_label: jobs.evaluate's CSVs, or None.
         results: the results path shown in commands. diagrams: ``{file: description}`` of the figures.
+        comparisons: :mod:`cxr_core.comparison`'s paired comparisons (None: seed-level sentences only).
+        test_intervals: ``{group: {metric: interval dict}}`` on test from per-image records.
+        planned: cost of the best FFT and LoRA configurations at the study's target scale (dry-run plan).
+        margin: the equivalence margin of the verdicts. sparse: labels with few positives on validation.
+        n_boot: bootstrap resamples behind the intervals.
     """
     configs = configs_table(table) if configs is None else configs
     if "config_id" not in table:
@@ -891,13 +1057,24 @@ def summary_markdown(
     lines.append(
         f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in status.items())}) in {len(configs)} "
         f"configurations (trials that differ only by seed). A trial's value is its best epoch on validation "
-        f"`{metric}` ({mode}); "
-        f"a configuration's is the mean over its seeds with a 95% t interval (mean ± t·s/√n)."
+        f"`{metric}` ({mode}); a configuration's is the mean over its seeds. "
+        + interval_note(configs, comparisons, margin=margin, n_boot=n_boot)
         + (f" Peak memory is {kind} (MB)." if kind else "")
     )
     lines += ["", "## Verdict", ""]
     verdict = []
-    if {"fft", "lora"} <= set(methods):
+    paired = comparisons is not None and not comparisons.empty
+    if {"fft", "lora"} <= set(methods) and paired:
+        verdict += paired_lines(comparisons, kinds=("lora_vs_fft",), split="test")
+        verdict += paired_lines(comparisons, kinds=("lora_vs_fft",), split="val")
+        verdict += quality_cost_lines(methods["fft"], methods["lora"], metric=metric, memory_kind=kind,
+                                      planned=planned)  # fmt: skip
+        best_lora = methods["lora"]["config_id"]
+        others = comparisons[~((comparisons["kind"] == "preset_vs_fft") & (comparisons["a"] == best_lora))]
+        verdict += paired_lines(others, kinds=("preset_vs_fft",), split="test")
+        verdict += paired_lines(others, kinds=("preset_vs_fft", "preset_vs_preset", "rank_vs_rank"),
+                                split="val")  # fmt: skip
+    elif {"fft", "lora"} <= set(methods):
         extra = [m for m in ("label_f1_macro",) if m != metric]
         verdict += comparison_lines(
             methods["fft"], methods["lora"], metric=metric, mode=mode, extra_metrics=extra, memory_kind=kind
@@ -915,6 +1092,7 @@ def summary_markdown(
                         what=f"LoRA {row[TARGETS]} configuration",
                     )[0]
                 )
+        verdict += test_verdict(test, metric=metric)
     else:
         if methods:
             have = ", ".join(sorted(methods))
@@ -925,9 +1103,14 @@ def summary_markdown(
             verdict.append(
                 "No method has results yet: the FFT-vs-LoRA comparison cannot be made from this sweep."
             )
-    verdict += test_verdict(test, metric=metric)
+    if sparse and "macro" in " ".join([metric, "label_f1_macro"]):
+        verdict.append(
+            f"Macro averages include labels with fewer than 10 positive validation images ({', '.join(sparse)}): "
+            "their F1 is noisy and weighs as much as any other label's."
+        )
     verdict += baseline_lines(methods, baseline, metric=metric, mode=mode)
-    verdict += preset_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
+    if not paired:
+        verdict += preset_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
     verdict += lr_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
     lines += [f"- {v}" for v in verdict]
 
@@ -956,7 +1139,7 @@ def summary_markdown(
                 beat = s["mean"] > base if mode == "max" else s["mean"] < base
                 lines.append(
                     f"- best {row[METHOD]}: {metric} {s['mean']:.4f} {'beats' if beat else 'does NOT beat'} "
-                    f"the baseline's {base:.4f}{_against(s, base, mode)}"
+                    f"the baseline's {base:.4f}{_against(s, base, mode, what=_interval_words(row))}"
                 )
 
     lines += ["", "## Cost (best configuration per method and preset)", ""]
@@ -976,8 +1159,17 @@ def summary_markdown(
     lines += ["", "## Test split", ""]
     chosen = {r["variant"]: r["config_id"] for _, r in by_variant.iterrows()}
     chosen.update({r[METHOD]: r["config_id"] for _, r in by_method.iterrows()})
-    lines += test_lines(test, test_per_label, table, chosen, metric=metric, results=results or name)
-    lines += ["", "## All configurations (validation, mean over seeds [95% interval])", ""]
+    lines += test_lines(test, test_per_label, table, chosen, metric=metric, results=results or name,
+                        intervals=test_intervals)  # fmt: skip
+    if paired:
+        lines += ["", "## Paired comparisons", ""]
+        lines.append(
+            f"Every comparison in `comparisons.csv`: difference A - B with its 95% paired bootstrap interval "
+            f"(the same resampled images for both sides, seeds resampled within each), P(A better), and the "
+            f"verdict (equivalent when the 90% interval lies within ±{margin:g})."
+        )
+        lines += ["", _md(_comparison_rows(comparisons))]
+    lines += ["", "## All configurations (validation, mean over seeds [interval])", ""]
     lines.append(_md(_config_rows(configs[configs["n_seeds"] > 0], metric=metric)))
     lines += ["", "## Missing, failed or unfinished", ""]
     missing = missing_lines(table, configs)

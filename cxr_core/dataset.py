@@ -108,6 +108,8 @@ class SplitData:
         labels: (N, 14) label values (1, 0, -1, NaN).
         skipped: paths of images that were missing or unreadable (policy ``skip``).
         skip_reasons: why, one entry per skipped path (``missing file``, ``unreadable: ...``).
+        rows: (N,) positions of the kept images in the split CSV (the key of per-image records); 0..N-1 when
+            nothing was skipped.
     """
 
     pixel_values: torch.Tensor | CachedPixels
@@ -116,6 +118,11 @@ class SplitData:
     labels: np.ndarray
     skipped: list[str] = field(default_factory=list)
     skip_reasons: list[str] = field(default_factory=list)
+    rows: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = np.arange(len(self.reports), dtype=np.int32)
 
     def __len__(self) -> int:
         return len(self.reports)
@@ -242,6 +249,7 @@ def load_split(
         labels=frame[list(LABELS)].to_numpy(dtype=float),
         skipped=[path for _, path, _ in failures],
         skip_reasons=[why for _, _, why in failures],
+        rows=keep.astype(np.int32),
     )
 
 

@@ -12,6 +12,7 @@ from cxr_core.dataset import load_split
 from cxr_core.errors import CxrError
 from cxr_core.model import load_processor
 from cxr_core.prepare import atomic_write_csv
+from cxr_core.records import save_records
 from cxr_core.trial import device_for, evaluate_model, load_checkpoint_model
 
 
@@ -27,7 +28,9 @@ def evaluate_best(
     """Evaluate, on ``split``, the best checkpoint of every seed of each group's best configuration (all
     chosen on validation). Writes ``{split}_metrics.csv`` (one row per evaluated checkpoint: group,
     config_id, trial_id, seed, every metric) and ``{split}_per_label.csv`` (checkpoint x label: precision,
-    recall, F1, support) into ``out``; the analysis aggregates them over seeds."""
+    recall, F1, support) into ``out``, and each checkpoint's per-image records as
+    ``{split}_records/<trial_id>.npz`` (see :mod:`cxr_core.records`): the analysis compares the groups on
+    them, paired over the same images."""
     from cxr_core.tune_runner import best_checkpoints
 
     picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by)
@@ -46,7 +49,8 @@ def evaluate_best(
         processor, data = loaded[key]
         device = device_for(cfg)
         model = load_checkpoint_model(cfg, Path(pick["checkpoint_path"])).to(device)
-        metrics, _ = evaluate_model(model, processor, data, evaluation=cfg.evaluation, device=device)
+        metrics, _, records = evaluate_model(model, processor, data, evaluation=cfg.evaluation, device=device)
+        save_records(records, Path(out) / f"{split}_records" / f"{pick['trial_id']}.npz")
         per_label = metrics.pop("per_label")
         metrics[f"{split}_loss"] = metrics.pop("val_loss")
         ident = {k: pick[k] for k in ("group", "config_id", "trial_id", "seed")}

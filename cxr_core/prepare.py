@@ -103,6 +103,15 @@ def mini_reports(frame: pd.DataFrame) -> pd.Series:
     return text
 
 
+def check_fractions(fractions: Sequence[float]) -> None:
+    """Raises CxrError unless ``fractions`` are three positive shares summing to 1."""
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        shown = ",".join(f"{f:g}" for f in fractions)
+        raise CxrError(
+            f"--fractions must be three positive train,val,test shares summing to 1, got {shown}; e.g. 0.6,0.2,0.2"
+        )
+
+
 def split_frame(
     frame: pd.DataFrame, *, seed: int = 0, by: str = "patient", fractions: Sequence[float] = FRACTIONS
 ) -> dict[str, pd.DataFrame]:
@@ -243,6 +252,7 @@ def prepare_splits(
     views: tuple[str, ...] | None = FRONTAL_VIEWS,
     image_policy: str = "skip",
     workers: int = 0,
+    fractions: Sequence[float] = FRACTIONS,
 ) -> dict:
     """MIMIC root -> ``train_split.csv``, ``val_split.csv``, ``test_split.csv`` and ``manifest.json`` in
     ``out_dir``.
@@ -260,6 +270,8 @@ def prepare_splits(
         image_policy: ``skip`` a missing or unreadable image (counted; the walk takes the next one) or raise
             an ``error``.
         workers: processes for ``check_images="decode"``; 0 = every CPU.
+        fractions: train/val/test shares of the patients (or images), summing to 1; a large test share is
+            cheap (it is evaluated once, for the chosen configurations only) and narrows the test intervals.
 
     Returns:
         The manifest (what ``manifest.json`` holds): inputs, settings, counts, rows dropped and why, rows
@@ -274,6 +286,7 @@ def prepare_splits(
         raise CxrError(f"--image-policy must be one of {', '.join(IMAGE_POLICIES)}, got {image_policy!r}")
     if split_by not in SPLIT_BY:
         raise CxrError(f"--split-by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    check_fractions(fractions)
     if per_label < 1:
         raise CxrError(f"per-label quota must be a positive integer, got {per_label}")
     root = Path(mimic_root)
@@ -295,12 +308,12 @@ def prepare_splits(
         )
     if sampled.empty:
         raise CxrError(f"{mimic_root}: no image has a positive or uncertain label, so sampling kept nothing")
-    splits = split_frame(sampled, seed=seed, by=split_by)
+    splits = split_frame(sampled, seed=seed, by=split_by, fractions=fractions)
     for name, part in splits.items():
         if part.empty:
             raise CxrError(f"the {name} split is empty ({len(sampled)} images sampled); raise --per-label")
     settings = {"labeler": labeler, "views": list(views) if views is not None else "all", "per_label": per_label,
-                "shuffle_seed": seed, "split_seed": seed, "split_by": split_by, "fractions": list(FRACTIONS),
+                "shuffle_seed": seed, "split_seed": seed, "split_by": split_by, "fractions": list(fractions),
                 "check_images": check, "image_policy": image_policy}  # fmt: skip
     return _write_outputs(Path(out_dir), splits, lambda outputs: _manifest(
         root, frame, sampled, splits, bad, outputs, n_checked, settings=settings))  # fmt: skip

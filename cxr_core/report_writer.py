@@ -8,16 +8,21 @@ jobs.evaluate's test tables (``test_metrics.csv``, ``test_per_label.csv``) found
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from cxr_core import analysis, plots
+from cxr_core import analysis, comparison, plots
 from cxr_core.errors import CxrError
 
+log = logging.getLogger(__name__)
+
 EVALUATED = ("test_metrics.csv", "test_per_label.csv", "val_metrics.csv", "val_per_label.csv")
+EVALUATED_DIRS = ("test_records", "val_records")  # jobs.evaluate's per-image records
+TARGET_SCALE = "arch:git-base"  # the study's target model, for planned cost figures
 
 
 def _baseline(epochs) -> dict | None:
@@ -62,11 +67,108 @@ def _carry_evaluated(sources: list[Path], dest: Path) -> dict[str, pd.DataFrame]
                 shutil.copyfile(folder / name, dest / name)
                 found[name] = pd.read_csv(dest / name)
                 break
+    for name in EVALUATED_DIRS:
+        for folder in sources:
+            if (folder / name).is_dir():
+                shutil.copytree(folder / name, dest / name)
+                break
     return found
 
 
+def _setting(frame: pd.DataFrame, col: str, default):
+    values = frame.get(col)
+    return values.dropna().iloc[0] if values is not None and values.notna().any() else default
+
+
+def _arm(row) -> dict:
+    """A configuration row's ``config/...`` settings as the nested arm dict a trial was built from."""
+    arm: dict = {}
+    for col, value in row.items():
+        if not str(col).startswith("config/") or analysis._isnan(value):
+            continue
+        keys = str(col).removeprefix("config/").split("/")
+        node = arm
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        if keys[-1] == "target_modules" and isinstance(value, str) and "," in value:
+            value = value.split(",")
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # CSV and pandas turn integer settings (r, epochs) into floats
+        node[keys[-1]] = value
+    return arm
+
+
+def planned_cost(configs: pd.DataFrame, *, metric: str, mode: str, model: str = TARGET_SCALE) -> dict | None:
+    """Trainable parameters and planned training memory of the best FFT and LoRA configurations at the study's
+    target scale (:mod:`cxr_core.plan`); None when the sweep already ran a large model or a plan fails."""
+    from cxr_core.plan import plan_table
+
+    rows = analysis.best_config_per(configs, analysis.METHOD, metric=metric, mode=mode)
+    best = {r[analysis.METHOD]: r for _, r in rows.iterrows()}
+    if not {"fft", "lora"} <= set(best):
+        return None
+    if str(best["fft"].get("config/model", "embedded")) not in ("embedded", "nan"):
+        return None  # the sweep's own model is the scale to read: its measured cost is the answer
+    try:
+        plan = plan_table([_arm(best["fft"]), _arm(best["lora"])], model=model)
+    except (CxrError, ValueError, TypeError, KeyError):
+        return None
+    fft, lora = plan.iloc[0], plan.iloc[1]
+    return {
+        "model": model.removeprefix("arch:"),
+        "fft_trainable": int(fft["trainable_params"]),
+        "lora_trainable": int(lora["trainable_params"]),
+        "fft_memory_mb": float(fft["est_train_memory_mb"]),
+        "lora_memory_mb": float(lora["est_train_memory_mb"]),
+    }
+
+
+def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin, n_boot) -> dict:
+    """Bootstrap intervals and paired comparisons from the per-image records (validation: each trial's best
+    epoch; test: jobs.evaluate's records in ``folder``); empty when the sweep wrote no records."""
+    split_dir = _setting(epochs, "config/data/split_dir", None)
+    uncertain = _setting(epochs, "config/evaluation/uncertain", "negative")
+    out = {
+        "configs": configs,
+        "comparisons": comparison.comparisons_frame([]),
+        "test_intervals": None,
+        "sparse": [],
+    }
+    if split_dir is None:
+        return out
+    try:
+        val = comparison.validation_split(configs, comparison.trial_records(table), split_dir=split_dir,
+                                          uncertain=uncertain, n_boot=n_boot)  # fmt: skip
+        tst = None
+        if test is not None and not test.empty:
+            tst = comparison.test_split(test, folder, split_dir=split_dir, uncertain=uncertain, n_boot=n_boot)
+    except (CxrError, OSError) as exc:
+        log.warning("paired statistics skipped: %s", exc)
+        return out
+    extra = [m for m in ("label_f1_macro",) if m != metric]
+    rows = comparison.validation_comparisons(configs, val, metric=metric, mode=mode, margin=margin,
+                                             extra_metrics=extra)  # fmt: skip
+    rows += comparison.test_comparisons(tst, metric=metric, margin=margin, extra_metrics=extra)
+    out["configs"] = comparison.with_bootstrap_intervals(configs, val)
+    out["comparisons"] = comparison.comparisons_frame(rows)
+    out["sparse"] = val.sparse() if val is not None else []
+    if tst is not None:
+        out["test_intervals"] = {
+            g: {m: tst.interval(g, m) for m in (metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate")}
+            for g in tst.seeds
+        }
+    return out
+
+
 def write_report(
-    results: str | Path, *, out: str | Path | None = None, metric: str = "label_f1_micro", mode: str = "max"
+    results: str | Path,
+    *,
+    out: str | Path | None = None,
+    metric: str = "label_f1_micro",
+    mode: str = "max",
+    margin: float = 0.02,
+    n_boot: int = 1000,
 ) -> Path:
     """Analyse ``results`` (a sweep folder or a storage URI) and write its report folder.
 
@@ -75,6 +177,8 @@ def write_report(
         out: report folder (default :func:`default_out`).
         metric, mode: the validation metric that picks each trial's best epoch and each method's best
             configuration.
+        margin: the equivalence margin of the paired verdicts (absolute, on the metric).
+        n_boot: bootstrap resamples for the intervals and comparisons.
 
     Returns:
         The report folder.
@@ -110,9 +214,13 @@ def write_report(
     try:
         sources = [out] + ([Path(text) / "report"] if not _is_uri(text) else [])
         evaluated = _carry_evaluated(sources, tmp)
+        paired = _paired(table, configs, evaluated.get("test_metrics.csv"), tmp, epochs=epochs, metric=metric,
+                         mode=mode, margin=margin, n_boot=n_boot)  # fmt: skip
+        configs = paired["configs"]
         epochs.to_csv(tmp / "epochs.csv", index=False)
         table.to_csv(tmp / "trials.csv", index=False)
         configs.to_csv(tmp / "configs.csv", index=False)
+        paired["comparisons"].to_csv(tmp / "comparisons.csv", index=False)
         if baseline is not None:
             (tmp / "baseline.json").write_text(
                 json.dumps({k: v for k, v in baseline.items() if k != "per_label"})
@@ -125,6 +233,8 @@ def write_report(
             mode=mode,
             memory_kind=kind,
             baseline=baseline.get(metric) if baseline else None,
+            comparisons=paired["comparisons"],
+            margin=margin,
         )
         summary = analysis.summary_markdown(
             table,
@@ -137,6 +247,12 @@ def write_report(
             test_per_label=evaluated.get("test_per_label.csv"),
             results=text,
             diagrams=diagrams,
+            comparisons=paired["comparisons"],
+            test_intervals=paired["test_intervals"],
+            planned=planned_cost(configs, metric=metric, mode=mode),
+            margin=margin,
+            sparse=paired["sparse"],
+            n_boot=n_boot,
         )
         (tmp / "summary.md").write_text(summary)
     except BaseException:

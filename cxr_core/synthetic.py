@@ -301,7 +301,7 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
     heart_a = (0.15 + 0.065 * st["Cardiomegaly"]) * s * mag
     heart_b = 0.12 + 0.02 * st["Cardiomegaly"]
     heart = _ellipse(u, v, cx + 0.035 * s, 0.63 + cy - lift, heart_a, heart_b, soft=0.08)
-    medi_w = (0.055 + 0.045 * st["Enlarged_Cardiomediastinum"]) * s
+    medi_w = (0.055 + 0.075 * st["Enlarged_Cardiomediastinum"]) * s
     mediastinum = _ramp(medi_w - np.abs(u - cx - 0.005), 0.01) * _ramp(0.62 - v, 0.05)
     lung = np.maximum(lungs[-1], lungs[1]) * (1 - heart) * (1 - mediastinum)
 
@@ -321,7 +321,8 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
     a = 0.56 * body - 0.4 * lung + 0.05 * markings * lung + 0.08 * hila * lung
     a += 0.07 * ribs + 0.1 * spine * body + 0.16 * clavicles + 0.04 * heart
     if fracture is not None:
-        a += 0.1 * st["Fracture"] * _blob(u, v, fracture[0], fracture[1], 0.02, 0.025)
+        # Healing callus around the break: a bright knot about two pixels across at the model's 64 px.
+        a += 0.45 * st["Fracture"] * _blob(u, v, fracture[0], fracture[1], 0.03, 0.035)
 
     def in_lung(side: int) -> np.ndarray:
         return lungs[side] * (1 - heart) * (1 - mediastinum)
@@ -333,19 +334,19 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
     if st["Edema"]:
         # Bilateral perihilar ("bat-wing") haze.
         haze = sum(_blob(u, v, cx + side * 0.13 * s, 0.5 + cy, 0.085, 0.13) for side in (-1, 1))
-        a += 0.2 * st["Edema"] * haze * (0.8 + 0.2 * markings) * lung
+        a += 0.4 * st["Edema"] * haze * (0.8 + 0.2 * markings) * lung
     if st["Lung_Opacity"]:
         side = int(rng.choice((-1, 1)))
         ox, oy = spot(side)
         r = rng.uniform(0.065, 0.09)
-        a += 0.24 * st["Lung_Opacity"] * _blob(u, v, ox, oy, r, r * 1.1) * in_lung(side)
+        a += 0.45 * st["Lung_Opacity"] * _blob(u, v, ox, oy, r, r * 1.1) * in_lung(side)
     if st["Consolidation"]:
         side = int(rng.choice((-1, 1)))
         lcx, lcy, la, lb, base = centres[side]
         ox, oy = lcx + rng.uniform(-0.3, 0.3) * la, base - rng.uniform(0.12, 0.16)
         fissure = oy - 0.06  # a lobe is bounded by its fissure: a sharp upper edge
         lobe = _ellipse(u, v, ox, oy, 0.1, 0.09, soft=0.2) * _ramp(v - fissure, 0.006)
-        a += 0.36 * st["Consolidation"] * lobe * in_lung(side)
+        a += 0.6 * st["Consolidation"] * lobe * in_lung(side)
     if st["Pneumonia"]:
         side = int(rng.choice((-1, 1)))
         ox, oy = spot(side, 0.45)
@@ -360,20 +361,20 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
             )
             for _ in range(int(rng.integers(4, 7)))
         )
-        a += 0.15 * st["Pneumonia"] * np.minimum(patches, 1.6) * in_lung(side)
+        a += 0.32 * st["Pneumonia"] * np.minimum(patches, 1.6) * in_lung(side)
     if st["Atelectasis"]:
         side = int(rng.choice((-1, 1)))
         lcx, _, la, _, base = centres[side]
         x0, y0, t = lcx + rng.uniform(-0.3, 0.3) * la, base - rng.uniform(0.07, 0.11), rng.uniform(-0.25, 0.25)
         along = (u - x0) * math.cos(t) + (v - y0) * math.sin(t)
         across = -(u - x0) * math.sin(t) + (v - y0) * math.cos(t)
-        band = _ramp(0.02 - np.abs(across), 0.008) * _ramp(0.09 - np.abs(along), 0.02)
-        a += 0.38 * st["Atelectasis"] * band * in_lung(side)
+        band = _ramp(0.034 - np.abs(across), 0.008) * _ramp(0.11 - np.abs(along), 0.02)
+        a += 0.6 * st["Atelectasis"] * band * in_lung(side)
     if st["Lung_Lesion"]:
         side = int(rng.choice((-1, 1)))
         ox, oy = spot(side, 0.6)
-        r = rng.uniform(0.022, 0.03)
-        a += 0.42 * st["Lung_Lesion"] * _ellipse(u, v, ox, oy, r, r, soft=0.15) * lungs[side]
+        r = rng.uniform(0.04, 0.05)
+        a += 0.7 * st["Lung_Lesion"] * _ellipse(u, v, ox, oy, r, r, soft=0.15) * lungs[side]
     if st["Pneumothorax"]:
         side = int(rng.choice((-1, 1)))
         lcx, lcy, la, lb, _ = centres[side]
@@ -382,14 +383,15 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
         d = np.sqrt(((u - ccx) / ca) ** 2 + ((v - ccy) / cb) ** 2)
         upper = _ramp(lcy + 0.05 - v, 0.05)
         gap = lungs[side] * _ramp(d - 1.0, 0.05) * upper
-        a -= st["Pneumothorax"] * gap * (0.13 + 0.05 * markings + 0.08 * hila)
-        a += 0.1 * st["Pneumothorax"] * _ramp(0.012 - np.abs(d - 1.0), 0.008) * upper * lungs[side]
+        a -= st["Pneumothorax"] * gap * (0.3 + 0.05 * markings + 0.08 * hila)
+        a += 0.18 * st["Pneumothorax"] * _ramp(0.016 - np.abs(d - 1.0), 0.008) * upper * lungs[side]
     if st["Pleural_Other"]:
         side = int(rng.choice((-1, 1)))
         lcx, lcy, la, lb, _ = centres[side]
         d = np.sqrt(((u - lcx) / la) ** 2 + ((v - lcy) / lb) ** 2)
-        rim = _ramp(d - 0.84, 0.05) * _ramp(side * (u - lcx), 0.02) * _ramp(0.17 - np.abs(v - lcy - 0.03), 0.03)
-        a += 0.28 * st["Pleural_Other"] * rim * lungs[side]
+        # Pleural thickening: a band along the lateral chest wall, thick enough to survive a 64 px resize.
+        rim = _ramp(d - 0.74, 0.05) * _ramp(side * (u - lcx), 0.02) * _ramp(0.2 - np.abs(v - lcy - 0.03), 0.03)
+        a += 0.6 * st["Pleural_Other"] * rim * lungs[side]
     if st["Support_Devices"]:
         a += st["Support_Devices"] * _devices(u, v, cx, cy, s, rng)
     return a

@@ -27,6 +27,7 @@ from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
 from cxr_core.metrics import report_metrics
 from cxr_core.model import apply_method, load_model, load_processor, method_spec, parameter_counts
+from cxr_core.records import ImageRecords, image_records, records_name, save_records
 
 Report = Callable[[dict, "Path | None"], None]
 
@@ -178,38 +179,56 @@ def _optimizer_step(s: Setup) -> None:
     s.optimizer.zero_grad(set_to_none=True)
 
 
-def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str]]:
+def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str], ImageRecords]:
     """Every metric of ``data`` for the trial's model (see :func:`evaluate_model`)."""
     return evaluate_model(s.model, s.processor, data, evaluation=s.config.evaluation, device=s.device)
+
+
+def per_image_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of each report and its token count, as GIT's own loss scores them.
+
+    GIT's logits cover the image tokens, then the text; the text's are the last ``T`` positions (T = the
+    width of ``labels``), shifted by one against the labels, -100 ignored. ``sum(loss) / sum(tokens)`` over a
+    batch is the model's batch loss.
+    """
+    text = logits[:, -labels.shape[1] :, :][:, :-1, :].float()
+    target = labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        text.reshape(-1, text.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(target.shape)
+    return ce.sum(dim=1), (target != -100).sum(dim=1)
 
 
 @torch.no_grad()
 def evaluate_model(
     model, processor, data: SplitData, *, evaluation, device: torch.device
-) -> tuple[dict, list[str]]:
+) -> tuple[dict, list[str], ImageRecords]:
     """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split.
 
     Returns:
-        (metrics with ``per_label``, the generated reports).
+        (metrics with ``per_label``, the generated reports, the per-image records keyed by CSV row).
     """
     model.eval()
     start = time.perf_counter()
-    loss_sum, tokens = 0.0, 0
+    loss_sums: list[torch.Tensor] = []
+    token_counts: list[torch.Tensor] = []
     generated: list[str] = []
     pad_id = processor.tokenizer.pad_token_id
     for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id, device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**batch).loss
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
             out = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=evaluation.max_new_tokens)
-        n_tok = int((batch["labels"][:, 1:] != -100).sum())
-        loss_sum += loss.item() * n_tok
-        tokens += n_tok
+        loss_sum, tokens = per_image_loss(logits, batch["labels"])
+        loss_sums.append(loss_sum.cpu())
+        token_counts.append(tokens.cpu())
         generated.extend(processor.batch_decode(out, skip_special_tokens=True))
+    loss_sum, tokens = torch.cat(loss_sums).numpy(), torch.cat(token_counts).numpy()
     metrics = report_metrics(generated, data.reports, uncertain=evaluation.uncertain)
-    metrics["val_loss"] = loss_sum / max(tokens, 1)
+    metrics["val_loss"] = float(loss_sum.sum() / max(int(tokens.sum()), 1))
     metrics["eval_seconds"] = time.perf_counter() - start
-    return metrics, generated
+    records = image_records(generated, rows=data.rows, loss_sum=loss_sum, tokens=tokens)
+    return metrics, generated, records
 
 
 def load_checkpoint_model(config: TrialConfig, folder: Path) -> torch.nn.Module:
@@ -258,8 +277,17 @@ def _load_checkpoint(model: torch.nn.Module, folder: Path) -> int:
     return int(json.loads((folder / "trial_state.json").read_text())["epoch"])
 
 
-def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path | None = None) -> dict:
+def run_trial(
+    config: dict | TrialConfig,
+    *,
+    report: Report,
+    resume_from: Path | None = None,
+    records_dir: Path | None = None,
+) -> dict:
     """Run one trial and ``report`` every epoch's metrics with a checkpoint folder.
+
+    With ``records_dir``, every validation also writes its per-image records there
+    (``val_epoch001.npz``, ...; see :mod:`cxr_core.records`) before the epoch is reported.
 
     Returns:
         The last epoch's metrics.
@@ -274,7 +302,9 @@ def run_trial(config: dict | TrialConfig, *, report: Report, resume_from: Path |
     metrics: dict = {}
     for epoch in range(s.start_epoch, cfg.train.epochs):
         metrics = {"epoch": epoch + 1, **train_epoch(s, epoch)}
-        val, _ = evaluate(s, s.val)
+        val, _, records = evaluate(s, s.val)
+        if records_dir is not None:
+            save_records(records, Path(records_dir) / records_name("val", epoch + 1))
         metrics.update({k: v for k, v in val.items() if k != "per_label"})
         metrics.update({f"f1/{label}": v["f1"] for label, v in val["per_label"].items()})
         with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as tmp:

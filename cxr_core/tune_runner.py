@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from cxr_core.errors import CxrError
+from cxr_core.records import RECORDS_DIR
 from cxr_core.space import Dist, Study
 
 
@@ -125,7 +126,10 @@ def trainable(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         resume = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="cxr-resume-")))
-    run_trial(config["arm"], report=report, resume_from=resume)
+    # Per-image validation records go to the trial's folder; Tune uploads it to the storage with every
+    # checkpoint (SyncConfig(sync_artifacts=True) in run_study), so they sit beside result.json.
+    records = Path(tune.get_context().get_trial_dir()) / RECORDS_DIR
+    run_trial(config["arm"], report=report, resume_from=resume, records_dir=records)
 
 
 def _resources(config: dict) -> dict:
@@ -233,6 +237,7 @@ def run_study(
             stop=study.stop or None,
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
+            sync_config=tune.SyncConfig(sync_artifacts=True),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=keep, checkpoint_score_attribute=study.metric, checkpoint_score_order=study.mode
             ),

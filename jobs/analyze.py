@@ -28,6 +28,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="report folder (default RESULTS/report; ./NAME-report for a URI)")
     p.add_argument("--metric", default="label_f1_micro", help="validation metric that defines the best")
     p.add_argument("--mode", default="max", choices=("max", "min"))
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="equivalence margin of the paired verdicts, absolute on the metric (default 0.02)",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for intervals and comparisons (default 1000)",
+    )
     return p.parse_args(argv)
 
 
@@ -36,7 +48,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from cxr_core.report_writer import write_report
 
-    out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode)
+    from cxr_core.errors import CxrError
+
+    if not args.margin >= 0:
+        raise CxrError(f"--margin must be >= 0, got {args.margin}")
+    if args.resamples < 100:
+        raise CxrError(f"--resamples must be at least 100 for 95% percentile intervals, got {args.resamples}")
+    out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode, margin=args.margin,
+                       n_boot=args.resamples)  # fmt: skip
     print(f"report written to {out} (summary.md)")
     import pandas as pd
 

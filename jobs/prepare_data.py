@@ -51,7 +51,22 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="a missing or unreadable image: skip it (counted, in the manifest) or stop with an error",
     )
     p.add_argument("--workers", type=int, default=0, help="processes for --check-images decode (0 = all CPUs)")
+    p.add_argument(
+        "--fractions",
+        default="0.6,0.2,0.2",
+        help="train,val,test shares of the patients (default 0.6,0.2,0.2); a larger test share narrows test "
+        "intervals at little cost",
+    )
     return p.parse_args(argv)
+
+
+def parse_fractions(text: str) -> tuple[float, ...]:
+    from cxr_core.errors import CxrError
+
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise CxrError(f"--fractions must be three numbers like 0.6,0.2,0.2, got {text!r}") from None
 
 
 @main_guard
@@ -67,6 +82,7 @@ def main(argv=None) -> None:
         seed=args.seed,
         labeler=args.labeler,
         split_by=args.split_by,
+        fractions=parse_fractions(args.fractions),
         check_images="off" if args.no_check_images else args.check_images,
         views=parse_views(args.views),
         image_policy=args.image_policy,

@@ -32,6 +32,7 @@ PNGS = (
     "val_loss_curves.png",
     "per_label_f1.png",
     "cost_per_method.png",
+    "forest_plot.png",
 )
 
 
@@ -174,12 +175,14 @@ def test_configs_aggregate_seeds_only(full):
         "lora:vision r=4 a=8 lr=0.01",
     }
     assert (configs["n_seeds"] == 2).all() and set(configs["seeds"]) == {"0,1"}
-    # Independently: each trial's best epoch on the metric, then mean / sd / t interval over the two seeds.
+    # Independently: each trial's best epoch on the metric, then mean / sd over the two seeds; with fewer than 3
+    # seeds the row's interval is the min-max over seeds (a 2-seed t interval is 12.7 standard errors wide).
     for cfg_id, trials in (("fft lr=0.001", ("f1", "f2")), ("lora:all_linear r=4 a=8 lr=0.01", ("l1", "l2"))):
         rows = configs.set_index("config_id").loc[cfg_id]
         per_trial = full[full["trial_id"].isin(trials)].sort_values("epoch")
         best = per_trial.loc[per_trial.groupby("trial_id")[METRIC].idxmax()]
-        lo, hi = t_interval(best[METRIC])
+        lo, hi = best[METRIC].min(), best[METRIC].max()
+        assert rows["interval"] == "min-max"
         assert rows[f"best_{METRIC}_mean"] == pytest.approx(best[METRIC].mean())
         assert rows[f"best_{METRIC}_std"] == pytest.approx(best[METRIC].std(ddof=1))
         assert rows[f"best_{METRIC}_n"] == 2
@@ -214,19 +217,17 @@ def test_verdict_sentences_are_computed_from_the_data(full):
     table, configs = tables(full)
     text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
     fft, lora = np.mean([0.50, 0.60]), np.mean([0.44, 0.44])
-    ratio = analysis.ratio_interval(analysis.mean_interval([0.44, 0.44]), analysis.mean_interval([0.50, 0.60]))
     assert f"reaches {round(100 * lora / fft)}% of the best FFT configuration's" in text
-    assert f"(95% interval {round(100 * ratio[1])}% to {round(100 * ratio[2])}%)" in text
+    assert "validation label_f1_micro (2 seeds: no interval)" in text  # no 12.7-standard-error t interval
     assert "with 2% of its trainable parameters, 50% of its peak memory (cpu_rss)" in text
-    # FFT [0.5, 0.6] and LoRA [0.44, 0.44]: t interval of FFT spans 0.55 +- 12.7 * 0.05 -> they overlap.
-    assert "Their 95% intervals on label_f1_micro overlap" in text and "do not separate the two" in text
+    # Two seeds and no per-image records: the seed ranges are shown, and no verdict is claimed.
+    assert "LoRA 0.440 (seeds 0.440 to 0.440) vs FFT 0.550 (seeds 0.500 to 0.600) on label_f1_micro" in text
+    assert "the data cannot say whether the difference exceeds seed noise" in text
     assert "lora ran at a single learning rate (0.01): its learning rate was not tuned" in text
     assert "fft's best learning rate is 0.001 (of 0.0001, 0.001: the largest tried" in text
     assert "all_linear's interval" not in text  # no invented wording
     assert "LoRA presets ranked by validation label_f1_micro" in text
-    assert (
-        "Their 95% intervals on label_f1_micro do not overlap (all_linear" in text
-    )  # 0.44 +- 0 vs 0.125 +- .06
+    assert "all_linear 0.440 (seeds 0.440 to 0.440) vs vision" in text  # 2 seeds: ranges, no verdict
     assert "The test split has not been evaluated" in text and "python -m jobs.evaluate x" in text
 
 
@@ -234,12 +235,14 @@ def test_verdict_without_overlap_and_with_one_seed():
     epochs = frame(
         trial("f1", "fft", 1e-3, 0, [0.50, 0.51]),
         trial("f2", "fft", 1e-3, 1, [0.50, 0.52]),
+        trial("f3", "fft", 1e-3, 2, [0.50, 0.53]),
         trial("l1", "lora", 1e-2, 0, [0.80, 0.81], r=8, targets="text"),
         trial("l2", "lora", 1e-2, 1, [0.80, 0.82], r=8, targets="text"),
+        trial("l3", "lora", 1e-2, 2, [0.80, 0.83], r=8, targets="text"),
     )
     table, configs = tables(epochs)
     text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
-    assert "do not overlap" in text and "LoRA is better than FFT on this metric, with 2 seeds" in text
+    assert "do not overlap" in text and "LoRA is better than FFT on this metric, with 3 seeds" in text
     one = frame(
         trial("f1", "fft", 1e-3, 0, [0.5, 0.5]), trial("l1", "lora", 1e-2, 0, [0.6, 0.6], r=8, targets="text")
     )
@@ -257,17 +260,16 @@ def test_baseline_line_says_beats_or_not(full):
     base = {"label_f1_micro": 0.45, "label_f1_macro": 0.1, "bleu4": 0.1, "report": "No evidence of edema."}
     text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=base, name="x")
     assert (
-        "- best fft: label_f1_micro 0.5500 beats the baseline's 0.4500 (but its 95% interval includes it)"
+        "- best fft: label_f1_micro 0.5500 beats the baseline's 0.4500 (its seed range (min-max) lies entirely above it)"
         in text
     )
     assert (
-        "- best lora: label_f1_micro 0.4400 does NOT beat the baseline's 0.4500 (its 95% interval lies "
+        "- best lora: label_f1_micro 0.4400 does NOT beat the baseline's 0.4500 (its seed range (min-max) lies "
         "entirely below it)" in text
     )
 
 
 def test_summary_reports_test_numbers_when_evaluated(full):
-    from scipy import stats as st
 
     table, configs = tables(full)
     # jobs.evaluate's format: one row per evaluated checkpoint (every seed of each group's chosen config).
@@ -299,8 +301,8 @@ def test_summary_reports_test_numbers_when_evaluated(full):
         test_per_label=per_label,
     )
     assert "These are **test-split** numbers" in text and "not been evaluated" not in text
-    mean, half = 0.54, st.t.ppf(0.975, 1) * np.std([0.52, 0.56], ddof=1) / np.sqrt(2)
-    fft_ci = f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+    # Two seeds, no per-image test records: the row shows the min-max over the seeds, not a t interval.
+    fft_ci = "0.540 [0.520, 0.560]"
     assert f"| fft | fft cfg | 2 | {fft_ci} |" in text
     assert "| lora | lora cfg | 1 | 0.390 |" in text
     verdict = text.split("## Protocol")[0]
@@ -388,9 +390,20 @@ def _nontrivial(path):
 def test_every_diagram_is_drawn(tmp_path, full):
     table, configs = tables(full)
     epochs = analysis.with_config_ids(full, configs)
-    drawn = plots.draw_all(
-        epochs, configs, tmp_path, metric=METRIC, mode="max", baseline=0.3, memory_kind="cpu"
+    best_fft = (
+        configs[configs["config/method"] == "fft"].sort_values(f"best_{METRIC}_mean").iloc[-1]["config_id"]
     )
+    comparisons = pd.DataFrame(
+        [
+            {"kind": "config_vs_fft", "a": row["config_id"], "b": best_fft, "a_variant": row["variant"],
+             "b_variant": "fft", "split": "val", "metric": METRIC, "difference": -0.1 * i, "lo": -0.1 * i - 0.05,
+             "hi": -0.1 * i + 0.05, "p_a_better": 0.4, "verdict": "inconclusive", "margin": 0.02, "n_images": 100,
+             "n_seeds_a": 2, "n_seeds_b": 2}
+            for i, (_, row) in enumerate(configs[configs["config/method"] == "lora"].iterrows())
+        ]
+    )  # fmt: skip
+    drawn = plots.draw_all(epochs, configs, tmp_path, metric=METRIC, mode="max", baseline=0.3, memory_kind="cpu",
+                           comparisons=comparisons)  # fmt: skip
     assert set(drawn) == set(PNGS)
     assert not [d for d in drawn.values() if d.startswith("not drawn")]
     for name in PNGS:
@@ -423,6 +436,18 @@ def sweep(small_data, tmp_path_factory):
                          seeds=[0, 1])  # fmt: skip
 
 
+def _records_point(trial_path, epoch, split_dir, metric):
+    """``metric`` recomputed from a trial's per-image validation records at ``epoch``."""
+    from cxr_core import bootstrap
+    from cxr_core.records import load_records, reference_labels
+
+    rec = load_records(f"{trial_path}/records/val_epoch{int(epoch):03d}.npz")
+    truth = reference_labels(split_dir, "val")[rec.rows]
+    seeds = bootstrap.SeedRecords(pred=rec.pred[None], loss_sum=rec.loss_sum[None], tokens=rec.tokens[None],
+                                  unparsed=rec.unparsed[None], sentences=rec.sentences[None])  # fmt: skip
+    return bootstrap.point(truth, seeds, metric=metric)
+
+
 @pytest.mark.slow
 def test_real_sweep_aggregates_two_seeds(sweep):
     report = sweep / "report"
@@ -438,12 +463,14 @@ def test_real_sweep_aggregates_two_seeds(sweep):
         assert row[f"best_{METRIC}_mean"] == pytest.approx(best[METRIC].mean())
         assert row[f"best_{METRIC}_std"] == pytest.approx(best[METRIC].std(ddof=1), abs=1e-12)
         assert row["best_label_f1_macro_mean"] == pytest.approx(best["label_f1_macro"].mean())
-        if best[METRIC].std() > 0:
-            lo, hi = t_interval(best[METRIC])
-            assert (row[f"best_{METRIC}_lo"], row[f"best_{METRIC}_hi"]) == (
-                pytest.approx(lo),
-                pytest.approx(hi),
-            )
+        # Per-image records exist for every epoch: the interval is the two-level bootstrap, inside [0, 1].
+        assert row["interval"] == "bootstrap"
+        assert 0 <= row[f"best_{METRIC}_lo"] <= row[f"best_{METRIC}_mean"] <= row[f"best_{METRIC}_hi"] <= 1
+        for _, b in best.iterrows():  # the records reproduce what the trial reported, exactly
+            for m in (METRIC, "label_f1_macro", "val_loss", "unparsed_rate"):
+                assert _records_point(b["trial_path"], b["epoch"], b["config/data/split_dir"], m) == (
+                    pytest.approx(b[m], abs=1e-6)
+                ), m
         last = mine.groupby("trial_id").last()
         assert row["peak_mem_mb_mean"] == pytest.approx(last["peak_mem_mb"].mean())
         assert row["trainable_params_mean"] == last["trainable_params"].iloc[0]
@@ -453,63 +480,82 @@ def test_real_sweep_aggregates_two_seeds(sweep):
     if fft[f"best_{METRIC}_mean"] > 0:
         pct = analysis._pct(lora[f"best_{METRIC}_mean"] / fft[f"best_{METRIC}_mean"])
         assert f"{start} reaches {pct} of" in summary
-    else:  # an untrained-looking FFT: no ratio, both numbers stated
-        assert (
-            f"{start} scores {lora[f'best_{METRIC}_mean']:.3f} on validation {METRIC} against 0.000" in summary
-        )
+    else:
+        assert f"{start} is compared with" in summary
     params = analysis._pct(lora["trainable_params_mean"] / fft["trainable_params_mean"])
-    assert f" {params} of its trainable parameters" in summary
+    assert f"LoRA uses {params} of FFT's trainable parameters" in summary
+    assert "Planned at git-base (the study's target scale" in summary
+    comparisons = pd.read_csv(report / "comparisons.csv")
+    main = comparisons[(comparisons["kind"] == "lora_vs_fft") & (comparisons["metric"] == METRIC)].iloc[0]
+    assert main["verdict"] in ("a_better", "b_better", "equivalent", "inconclusive")
+    assert main["sentence"] in summary.split("## Protocol")[0]
+    assert main["difference"] == pytest.approx(lora[f"best_{METRIC}_mean"] - fft[f"best_{METRIC}_mean"])
+    assert main["lo"] <= main["difference"] <= main["hi"] and main["n_images"] == epochs["n_val"].iloc[0]
     assert "The test split has not been evaluated" in summary
-    for name in ("trials.csv", "epochs.csv", "configs.csv", "summary.md"):
+    for name in ("trials.csv", "epochs.csv", "configs.csv", "summary.md", "comparisons.csv"):
         assert (report / name).is_file()
     for name in PNGS:
         _nontrivial(report / name)
 
 
 @pytest.mark.slow
-def test_real_sweep_ratio_interval_on_val_loss(sweep, tmp_path):
-    """Selecting on val_loss (never 0, always spread over seeds): the LoRA/FFT ratio and its interval, computed
-    here from epochs.csv with the delta method and Welch's degrees of freedom."""
+def test_real_sweep_paired_verdict_on_val_loss(sweep, tmp_path):
+    """Selecting on val_loss (lower is better): the paired difference is the mean over seeds of each side's best
+    validation loss, computed here from epochs.csv, and the verdict's direction follows its interval."""
     run_module(
         "jobs.analyze", str(sweep), "--metric", "val_loss", "--mode", "min", "--out", str(tmp_path / "loss")
     )
     epochs = pd.read_csv(tmp_path / "loss" / "epochs.csv")
     best = epochs.groupby(["config/method", "trial_id"])["val_loss"].min()
-    a, b = best.loc["lora"].to_numpy(), best.loc["fft"].to_numpy()
-    r = a.mean() / b.mean()
-    va, vb = a.var(ddof=1) / len(a), r**2 * b.var(ddof=1) / len(b)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = stats.t.ppf(0.975, df) * np.sqrt(va + vb) / b.mean()
-    pct = analysis._pct
-    text = (tmp_path / "loss" / "summary.md").read_text()
-    assert (
-        f"reaches {pct(r)} of the best FFT configuration's (lr=0.001; 2 seeds) validation val_loss "
-        f"(95% interval {pct(r - half)} to {pct(r + half)})" in text
-    )
-    assert "Their 95% intervals on val_loss" in text or "score the same val_loss" in text
+    d = best.loc["lora"].mean() - best.loc["fft"].mean()
+    rows = pd.read_csv(tmp_path / "loss" / "comparisons.csv")
+    row = rows[(rows["kind"] == "lora_vs_fft") & (rows["metric"] == "val_loss")].iloc[0]
+    assert row["difference"] == pytest.approx(d, abs=1e-6)
+    assert row["lo"] <= d <= row["hi"] and 0 <= row["p_a_better"] <= 1
+    if row["hi"] < 0 and not (row["lo"] >= -0.02 and row["hi"] <= 0.02):
+        assert row["verdict"] == "a_better"  # LoRA's loss lower on every resample side of 0
+    if row["lo"] > 0 and not (row["lo"] >= -0.02 and row["hi"] <= 0.02):
+        assert row["verdict"] == "b_better"
+    assert row["sentence"] in (tmp_path / "loss" / "summary.md").read_text()
 
 
 @pytest.mark.slow
 def test_real_sweep_test_numbers_flow_into_the_summary(sweep, tmp_path):
-    from scipy import stats as st
+    from cxr_core.records import load_records
 
     run_module("jobs.evaluate", str(sweep))
     test = pd.read_csv(sweep / "report" / "test_metrics.csv")
     # Every seed of each group's best configuration is evaluated: 2 seeds per group here.
     assert sorted(test["group"]) == ["fft", "fft", "lora", "lora"] and set(test["seed"]) == {0, 1}
     assert test.groupby("group")["config_id"].nunique().eq(1).all()
+    for trial_id, n in zip(
+        test["trial_id"], test["n"], strict=True
+    ):  # per-image test records, one per checkpoint
+        assert len(load_records(str(sweep / "report" / "test_records" / f"{trial_id}.npz"))) == n
     out = tmp_path / "elsewhere"
     run_module("jobs.analyze", str(sweep), "--out", str(out))  # finds the test tables in RESULTS/report
     run_module("jobs.analyze", str(sweep))  # re-analysing keeps jobs.evaluate's files
-    assert (sweep / "report" / "test_metrics.csv").is_file()
-    for summary in ((out / "summary.md").read_text(), (sweep / "report" / "summary.md").read_text()):
+    assert (sweep / "report" / "test_metrics.csv").is_file() and (sweep / "report" / "test_records").is_dir()
+    for folder in (out, sweep / "report"):
+        summary = (folder / "summary.md").read_text()
         assert "These are **test-split** numbers" in summary and "not been evaluated" not in summary
+        assert "two-level bootstrap interval over seeds and test images" in summary
+        comparisons = pd.read_csv(folder / "comparisons.csv")
+        on_test = comparisons[(comparisons["split"] == "test") & (comparisons["metric"] == METRIC)]
+        assert len(on_test) == 1 and on_test.iloc[0]["a"] == "lora" and on_test.iloc[0]["b"] == "fft"
+        means = test.groupby("group")[METRIC].mean()
+        assert on_test.iloc[0]["difference"] == pytest.approx(means["lora"] - means["fft"], abs=1e-6)
+        assert on_test.iloc[0]["sentence"] in summary.split("## Protocol")[0]
         for group, rows in test.groupby("group"):
-            values = rows[METRIC].to_numpy()
-            mean = values.mean()
-            half = st.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-            ci = f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
-            assert f"| {group} | {rows['config_id'].iloc[0]} | 2 | {ci} |" in summary
+            mean = rows[METRIC].mean()
+            line = next(
+                x
+                for x in summary.splitlines()
+                if x.startswith(f"| {group} | {rows['config_id'].iloc[0]} | 2 |")
+            )
+            cell = line.split(" | ")[3]
+            lo, hi = (float(v) for v in cell.split("[")[1].rstrip("]").split(", "))
+            assert cell.startswith(f"{mean:.3f} [") and 0 <= lo <= mean + 1e-3 and mean - 1e-3 <= hi <= 1
 
 
 @pytest.mark.slow

@@ -28,3 +28,15 @@ def test_step_overhead_bench_small():
     result = last_json("bench.step_overhead", "--samples", "32", "--rounds", "1")
     assert result["bare_epoch_s"] > 0 and result["trial_epoch_s"] > 0
     assert result["overhead"] == pytest.approx(result["trial_epoch_s"] / result["bare_epoch_s"] - 1, abs=1e-3)
+
+
+def test_paired_bootstrap_bench_small():
+    result = last_json(
+        "bench.paired_bootstrap", "--images", "300", "--configs", "3", "--seeds", "2", "--resamples", "100"
+    )
+    # Per metric (2): one interval per configuration, one comparison of each other configuration to the first.
+    assert (result["intervals"], result["comparisons"]) == (6, 4)
+    assert sum(result["verdicts"].values()) == 4
+    assert 0 < result["analysis_seconds"] < result["target_seconds"] and result["meets_target"]
+    assert result["weights_mb"] == round(100 * 300 * 4 / 2**20, 1) and result["peak_rss_mb"] > 0
+    assert 0 < result["widest_interval"] < 1

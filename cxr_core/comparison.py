@@ -1,0 +1,258 @@
+"""The study's comparisons on per-image records: intervals and paired verdicts over seeds and images.
+
+Every configuration is scored on the same images, so it is compared with another on those images: the
+trials' per-image records (:mod:`cxr_core.records`) at their best validation epoch, and ``jobs.evaluate``'s
+test records, go through :mod:`cxr_core.bootstrap` (two-level bootstrap: seeds within each side, then the
+same resampled images for both sides). This module only gathers the records and decides what to compare:
+
+- intervals for every configuration on validation (replacing the seed-only t interval), and for every
+  group evaluated on test;
+- comparisons, one row each in ``comparisons.csv``: the best LoRA configuration vs the best FFT one
+  (``lora_vs_fft``), the best of each LoRA preset vs the best FFT (``preset_vs_fft``), every LoRA
+  configuration vs the best FFT (``config_vs_fft``, the forest diagram), the presets' bests pairwise
+  (``preset_vs_preset``) and, within the best preset, the best configuration of each rank pairwise
+  (``rank_vs_rank``); on validation and, for the groups ``jobs.evaluate`` scored, on test.
+
+Selection stays on validation; the test split is only read from ``jobs.evaluate``'s records.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cxr_core import bootstrap
+from cxr_core.errors import CxrError
+from cxr_core.labels import LABELS
+from cxr_core.records import (
+    RECORDS_DIR,
+    ImageRecords,
+    align,
+    load_records,
+    records_name,
+    reference_labels,
+    take,
+)
+
+COLUMNS = ("kind", "a", "b", "a_variant", "b_variant", "split", "metric", "difference", "lo", "hi",
+           "p_a_better", "verdict", "margin", "n_images", "n_seeds_a", "n_seeds_b", "settle_images",
+           "settle_seeds", "sentence")  # fmt: skip
+BOOTSTRAPPED = ("label_f1_micro", "label_f1_macro", "label5_f1_macro", "label_precision_micro",
+                "label_recall_micro", "unparsed_rate", *(f"f1/{label}" for label in LABELS))  # fmt: skip
+
+
+def _open(path: str):
+    """(pyarrow filesystem or None, path) for a local path or a storage URI."""
+    if "://" not in path:
+        return None, path
+    from cxr_core.tune_runner import storage_filesystem
+
+    return storage_filesystem(path)
+
+
+def trial_records(table: pd.DataFrame) -> dict[str, ImageRecords]:
+    """{trial_id: validation records at the trial's best epoch} for every trial that wrote them."""
+    out: dict[str, ImageRecords] = {}
+    if "trial_path" not in table or "best_epoch" not in table:
+        return out
+    for _, row in table.dropna(subset=["trial_path", "best_epoch"]).iterrows():
+        if row.get("status") == "ERROR":
+            continue
+        fs, base = _open(str(row["trial_path"]))
+        path = f"{base.rstrip('/')}/{RECORDS_DIR}/{records_name('val', int(row['best_epoch']))}"
+        try:
+            out[str(row["trial_id"])] = load_records(path, filesystem=fs)
+        except (OSError, FileNotFoundError, CxrError):
+            continue  # an older sweep, or a trial that stopped before writing: seed-level statistics only
+    return out
+
+
+class Split:
+    """Every configuration's records on one split, aligned on the images all of them scored, with one shared
+    :class:`bootstrap.Resampler` (which is what makes every comparison on this split paired)."""
+
+    def __init__(
+        self,
+        name: str,
+        truth: np.ndarray,
+        groups: dict[str, list[ImageRecords]],
+        *,
+        uncertain: str,
+        n_boot: int,
+        seed: int,
+    ):
+        rows = align([rec for recs in groups.values() for rec in recs])
+        if len(rows) and rows.max() >= len(truth):
+            raise CxrError(
+                f"{name} records name row {int(rows.max())} but the split CSV has {len(truth)} rows: the "
+                "split folder changed after the sweep; analyse with the split it was run on"
+            )
+        self.name = name
+        self.truth = truth[rows]
+        self.uncertain = uncertain
+        self.resampler = bootstrap.Resampler(len(rows), n_boot=n_boot, seed=seed)
+        self.seeds = {key: _seed_records([take(r, rows) for r in recs]) for key, recs in groups.items()}
+        self._streams = {key: i + 1 for i, key in enumerate(groups)}
+
+    def interval(self, key: str, metric: str) -> dict:
+        return bootstrap.interval(self.truth, self.seeds[key], metric=metric, uncertain=self.uncertain,
+                                  resampler=self.resampler, stream=self._streams[key])  # fmt: skip
+
+    def compare(self, a: str, b: str, metric: str, *, margin: float) -> dict:
+        streams = (self._streams[a], self._streams[b] + len(self._streams))
+        return bootstrap.compare(self.truth, self.seeds[a], self.seeds[b], metric=metric, margin=margin,
+                                 uncertain=self.uncertain, resampler=self.resampler, streams=streams)  # fmt: skip
+
+    def sparse(self, *, min_positives: int = 10) -> list[str]:
+        return bootstrap.sparse_labels(self.truth, uncertain=self.uncertain, min_positives=min_positives)
+
+
+def _seed_records(recs: Sequence[ImageRecords]) -> bootstrap.SeedRecords:
+    return bootstrap.SeedRecords(
+        pred=np.stack([r.pred for r in recs]),
+        loss_sum=np.stack([r.loss_sum for r in recs]),
+        tokens=np.stack([r.tokens for r in recs]),
+        unparsed=np.stack([r.unparsed for r in recs]),
+        sentences=np.stack([r.sentences for r in recs]),
+    )
+
+
+def validation_split(
+    configs: pd.DataFrame, records: dict[str, ImageRecords], *, split_dir: str, uncertain: str, n_boot: int,
+    seed: int = 0,
+) -> Split | None:  # fmt: skip
+    """The validation :class:`Split` of every configuration whose trials all have records (None if none)."""
+    groups = {}
+    for _, row in configs.iterrows():
+        ids = [t for t in str(row["trial_ids"]).split(",") if t in records]
+        if ids:
+            groups[row["config_id"]] = [records[t] for t in ids]
+    if not groups:
+        return None
+    return Split("validation", reference_labels(split_dir, "val"), groups, uncertain=uncertain, n_boot=n_boot,
+                 seed=seed)  # fmt: skip
+
+
+def test_split(
+    test: pd.DataFrame, folder: Path, *, split_dir: str, uncertain: str, n_boot: int, seed: int = 0
+) -> Split | None:
+    """The test :class:`Split` of every group ``jobs.evaluate`` scored (records in ``folder/test_records``)."""
+    groups: dict[str, list[ImageRecords]] = {}
+    for group, rows in test.groupby("group", sort=True):
+        recs = []
+        for trial_id in rows["trial_id"].astype(str):
+            path = Path(folder) / "test_records" / f"{trial_id}.npz"
+            if path.is_file():
+                recs.append(load_records(str(path)))
+        if recs and len(recs) == len(rows):
+            groups[str(group)] = recs
+    if not groups:
+        return None
+    return Split("test", reference_labels(split_dir, "test"), groups, uncertain=uncertain, n_boot=n_boot,
+                 seed=seed)  # fmt: skip
+
+
+def with_bootstrap_intervals(configs: pd.DataFrame, split: Split | None) -> pd.DataFrame:
+    """``configs`` with ``best_<M>_lo/_hi`` replaced by the two-level bootstrap interval for every metric M of
+    :data:`BOOTSTRAPPED` of every configuration with records, and ``interval`` set to ``bootstrap`` there."""
+    if split is None:
+        return configs
+    configs = configs.copy()
+    for i, row in configs.iterrows():
+        if row["config_id"] not in split.seeds:
+            continue
+        for metric in BOOTSTRAPPED:
+            if f"best_{metric}_mean" not in configs:
+                continue
+            iv = split.interval(row["config_id"], metric)
+            configs.loc[i, [f"best_{metric}_lo", f"best_{metric}_hi"]] = [iv["lo"], iv["hi"]]
+        configs.loc[i, "interval"] = "bootstrap"
+    return configs
+
+
+def _row(kind: str, a: str, b: str, variants: dict, split: Split, metric: str, margin: float) -> dict:
+    res = split.compare(a, b, metric, margin=margin)
+    settle = res.get("settle") or {}
+    return {
+        "kind": kind, "a": a, "b": b, "a_variant": variants.get(a, a), "b_variant": variants.get(b, b),
+        "split": "val" if split.name == "validation" else split.name, "metric": metric,
+        "difference": res["difference"], "lo": res["lo"], "hi": res["hi"], "p_a_better": res["p_a_better"],
+        "verdict": res["verdict"], "margin": margin, "n_images": res["n_images"], "n_seeds_a": res["n_seeds_a"],
+        "n_seeds_b": res["n_seeds_b"], "settle_images": settle.get("images"), "settle_seeds": settle.get("seeds"),
+        "sentence": bootstrap.verdict_sentence(_name(a), _name(b), res, metric=metric, split=split.name),
+    }  # fmt: skip
+
+
+def _name(config_id: str) -> str:
+    """``lora:all_linear r=16 a=32 lr=0.005`` -> ``LoRA all_linear r=16 a=32 lr=0.005``; test groups too."""
+    text = str(config_id)
+    if text == "fft":
+        return "FFT"
+    if text == "lora":
+        return "LoRA"
+    return text.replace("lora:", "LoRA ", 1) if text.startswith("lora:") else text.replace("fft", "FFT", 1)
+
+
+def validation_comparisons(
+    configs: pd.DataFrame, split: Split | None, *, metric: str, mode: str, margin: float,
+    extra_metrics: Sequence[str] = (),
+) -> list[dict]:  # fmt: skip
+    """The validation comparisons (see the module docstring) among configurations that have records."""
+    from cxr_core.analysis import METHOD, RANK, TARGETS, best_config_per
+
+    if split is None or METHOD not in configs:
+        return []
+    have = configs[configs["config_id"].isin(set(split.seeds))]
+    variants = dict(zip(have["config_id"], have["variant"], strict=True))
+    fft = best_config_per(have[have[METHOD] == "fft"], METHOD, metric=metric, mode=mode)
+    lora_all = have[have[METHOD] == "lora"]
+    if fft.empty or lora_all.empty:
+        return []
+    f = fft.iloc[0]["config_id"]
+    rows = []
+    best_lora = best_config_per(lora_all, METHOD, metric=metric, mode=mode).iloc[0]
+    for m in (metric, *[x for x in extra_metrics if x != metric]):
+        rows.append(_row("lora_vs_fft", best_lora["config_id"], f, variants, split, m, margin))
+    presets = best_config_per(lora_all, "variant", metric=metric, mode=mode)
+    presets = presets.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
+    for _, p in presets.iterrows():
+        rows.append(_row("preset_vs_fft", p["config_id"], f, variants, split, metric, margin))
+    for _, c in lora_all.iterrows():
+        rows.append(_row("config_vs_fft", c["config_id"], f, variants, split, metric, margin))
+    for (_, p), (_, q) in itertools.combinations(list(presets.iterrows()), 2):
+        rows.append(_row("preset_vs_preset", p["config_id"], q["config_id"], variants, split, metric, margin))
+    top = lora_all[lora_all[TARGETS] == best_lora[TARGETS]] if TARGETS in lora_all else lora_all.iloc[0:0]
+    if RANK in top and top[RANK].nunique() > 1:
+        ranks = best_config_per(top, RANK, metric=metric, mode=mode).sort_values(RANK)
+        for (_, p), (_, q) in itertools.combinations(list(ranks.iterrows()), 2):
+            rows.append(_row("rank_vs_rank", q["config_id"], p["config_id"], variants, split, metric, margin))
+    return rows
+
+
+def test_comparisons(
+    split: Split | None, *, metric: str, margin: float, extra_metrics: Sequence[str] = ()
+) -> list[dict]:
+    """Each LoRA group jobs.evaluate scored vs the FFT group, on test."""
+    if split is None or "fft" not in split.seeds:
+        return []
+    rows = []
+    for group in split.seeds:
+        if group == "fft":
+            continue
+        kind = "lora_vs_fft" if group == "lora" else "preset_vs_fft"
+        for m in (metric, *[x for x in extra_metrics if x != metric]) if group == "lora" else (metric,):
+            rows.append(_row(kind, group, "fft", {"fft": "fft"}, split, m, margin))
+    return rows
+
+
+def comparisons_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
