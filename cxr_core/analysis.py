@@ -44,7 +44,8 @@ METHOD, LR, RANK, ALPHA, TARGETS = CONFIG_SHOWN
 SEED = "config/train/seed"
 NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
 CONFIDENCE = 0.95
-MIN_SEEDS_FOR_T = 3  # fewer seeds: rows show the min-max over seeds, not a t interval
+MIN_SEEDS_FOR_T = 3
+CONVERGED_GAIN = 0.01  # a best configuration still gaining this much over its last epoch has not converged  # fewer seeds: rows show the min-max over seeds, not a t interval
 # Settings that must be equal across arms for "same data, same number of optimizer steps".
 PROTOCOL = (
     "config/train/epochs",
@@ -823,7 +824,8 @@ def test_lines(
         "",
         _md(rows),
     ]
-    lines += [""] + test_verdict(test, metric=metric) if test_verdict(test, metric=metric) else []
+    if not intervals:  # with per-image records the paired verdicts (in the Verdict section) say it instead
+        lines += [""] + test_verdict(test, metric=metric) if test_verdict(test, metric=metric) else []
     for group, entry in stats.items():
         if group in chosen and entry["config_id"] != chosen[group]:
             lines += ["", f"Note: for {group}, the evaluated configuration ({entry['config_id']}) differs from the "
@@ -904,6 +906,32 @@ def _against(s: dict, value: float, mode: str, *, what: str = "95% interval") ->
 def _interval_words(row) -> str:
     kind = row.get("interval") if hasattr(row, "get") else None
     return {"min-max": "seed range (min-max)", "bootstrap": "95% bootstrap interval"}.get(kind, "95% interval")
+
+
+def convergence_lines(epochs: pd.DataFrame, configs: pd.DataFrame, *, metric: str, mode: str) -> list[str]:
+    """Whether the best configuration of each method had stopped improving: the mean over seeds of its
+    validation ``metric`` at the last epoch minus the one before (a gain of 0.01 or more is flagged)."""
+    if "config_id" not in epochs or "epoch" not in epochs or metric not in epochs or METHOD not in configs:
+        return []
+    lines = []
+    sign = 1 if mode == "max" else -1
+    for _, row in best_config_per(configs, METHOD, metric=metric, mode=mode).iterrows():
+        mine = epochs[(epochs["config_id"] == row["config_id"]) & (epochs["status"] != "ERROR")]
+        per_epoch = mine.dropna(subset=[metric]).groupby("epoch")[metric].mean().sort_index()
+        if len(per_epoch) < 2:
+            continue
+        gain = sign * (per_epoch.iloc[-1] - per_epoch.iloc[-2])
+        last = int(per_epoch.index[-1])
+        verdict = (
+            "converged (gain below 0.01)"
+            if gain < CONVERGED_GAIN
+            else "still improving: train longer before trusting the comparison"
+        )
+        lines.append(
+            f"Convergence, best {row[METHOD]} configuration ({row['config_id']}): validation {metric} changed by "
+            f"{sign * gain:+.3f} from epoch {last - 1} to {last} (mean over seeds): {verdict}."
+        )
+    return lines
 
 
 def paired_lines(comparisons: pd.DataFrame | None, *, kinds: Sequence[str], split: str) -> list[str]:
@@ -1026,6 +1054,7 @@ def summary_markdown(
     margin: float = 0.02,
     sparse: Sequence[str] = (),
     n_boot: int = 0,
+    epochs: pd.DataFrame | None = None,
 ) -> str:
     """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
     LoRA preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
@@ -1039,7 +1068,8 @@ def summary_markdown(
         test_intervals: ``{group: {metric: interval dict}}`` on test from per-image records.
         planned: cost of the best FFT and LoRA configurations at the study's target scale (dry-run plan).
         margin: the equivalence margin of the verdicts. sparse: labels with few positives on validation.
-        n_boot: bootstrap resamples behind the intervals.
+        n_boot: bootstrap resamples behind the intervals. epochs: the tidy per-epoch rows with ``config_id``
+            (for the convergence check of the best configurations).
     """
     configs = configs_table(table) if configs is None else configs
     if "config_id" not in table:
@@ -1114,7 +1144,10 @@ def summary_markdown(
     verdict += lr_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
     lines += [f"- {v}" for v in verdict]
 
-    lines += ["", "## Protocol", ""] + [f"- {v}" for v in protocol_lines(table, configs, metric=metric)]
+    protocol = protocol_lines(table, configs, metric=metric)
+    if epochs is not None:
+        protocol += convergence_lines(epochs, configs, metric=metric, mode=mode)
+    lines += ["", "## Protocol", ""] + [f"- {v}" for v in protocol]
     lines += ["", "## Best configuration per method (validation)", ""]
     lines.append(
         _md(_config_rows(by_method, metric=metric)) if len(by_method) else "No trial has reported yet."

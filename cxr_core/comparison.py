@@ -141,16 +141,16 @@ def validation_split(
 def test_split(
     test: pd.DataFrame, folder: Path, *, split_dir: str, uncertain: str, n_boot: int, seed: int = 0
 ) -> Split | None:
-    """The test :class:`Split` of every group ``jobs.evaluate`` scored (records in ``folder/test_records``)."""
+    """The test :class:`Split` of every configuration ``jobs.evaluate`` scored (records in
+    ``folder/test_records``), keyed by configuration id (a configuration evaluated for two groups, e.g. ``lora``
+    and ``lora:text``, appears once)."""
     groups: dict[str, list[ImageRecords]] = {}
-    for group, rows in test.groupby("group", sort=True):
-        recs = []
-        for trial_id in rows["trial_id"].astype(str):
-            path = Path(folder) / "test_records" / f"{trial_id}.npz"
-            if path.is_file():
-                recs.append(load_records(str(path)))
-        if recs and len(recs) == len(rows):
-            groups[str(group)] = recs
+    for config_id, rows in test.groupby("config_id", sort=False):
+        paths = [
+            Path(folder) / "test_records" / f"{t}.npz" for t in dict.fromkeys(rows["trial_id"].astype(str))
+        ]
+        if paths and all(p.is_file() for p in paths):
+            groups[str(config_id)] = [load_records(str(p)) for p in paths]
     if not groups:
         return None
     return Split("test", reference_labels(split_dir, "test"), groups, uncertain=uncertain, n_boot=n_boot,
@@ -179,7 +179,8 @@ def _row(kind: str, a: str, b: str, variants: dict, split: Split, metric: str, m
     res = split.compare(a, b, metric, margin=margin)
     settle = res.get("settle") or {}
     return {
-        "kind": kind, "a": a, "b": b, "a_variant": variants.get(a, a), "b_variant": variants.get(b, b),
+        "kind": kind, "a": a, "b": b, "a_variant": variants.get(a, a.split(" ")[0]),
+        "b_variant": variants.get(b, b.split(" ")[0]),
         "split": "val" if split.name == "validation" else split.name, "metric": metric,
         "difference": res["difference"], "lo": res["lo"], "hi": res["hi"], "p_a_better": res["p_a_better"],
         "verdict": res["verdict"], "margin": margin, "n_images": res["n_images"], "n_seeds_a": res["n_seeds_a"],
@@ -235,18 +236,25 @@ def validation_comparisons(
 
 
 def test_comparisons(
-    split: Split | None, *, metric: str, margin: float, extra_metrics: Sequence[str] = ()
-) -> list[dict]:
-    """Each LoRA group jobs.evaluate scored vs the FFT group, on test."""
-    if split is None or "fft" not in split.seeds:
+    split: Split | None, test: pd.DataFrame, *, best_lora: str | None, metric: str, margin: float,
+    extra_metrics: Sequence[str] = (),
+) -> list[dict]:  # fmt: skip
+    """Each LoRA configuration jobs.evaluate scored vs the FFT one, on test: ``lora_vs_fft`` for the best LoRA
+    configuration (on validation), ``preset_vs_fft`` for the other presets' bests."""
+    if split is None:
+        return []
+    variant = {str(r["config_id"]): str(r["group"]) for _, r in test.iterrows() if str(r["group"]) != "lora"}
+    fft = [c for c, g in variant.items() if g == "fft" and c in split.seeds]
+    if not fft:
         return []
     rows = []
-    for group in split.seeds:
-        if group == "fft":
+    for config_id in split.seeds:
+        if config_id == fft[0]:
             continue
-        kind = "lora_vs_fft" if group == "lora" else "preset_vs_fft"
-        for m in (metric, *[x for x in extra_metrics if x != metric]) if group == "lora" else (metric,):
-            rows.append(_row(kind, group, "fft", {"fft": "fft"}, split, m, margin))
+        main = config_id == best_lora or (best_lora is None and variant.get(config_id) is None)
+        for m in (metric, *[x for x in extra_metrics if x != metric]) if main else (metric,):
+            kind = "lora_vs_fft" if main else "preset_vs_fft"
+            rows.append(_row(kind, config_id, fft[0], {**variant, fft[0]: "fft"}, split, m, margin))
     return rows
 
 

@@ -16,6 +16,7 @@ from cxr_core.errors import CxrError
 
 METHODS = ("fft", "lora")
 SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     num_threads: int = 0
+    precision: str = "auto"
 
 
 @dataclass
@@ -128,6 +130,9 @@ class TrialConfig:
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
         need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")
+        need(
+            t.precision in PRECISIONS, "train.precision", t.precision, f"must be one of {', '.join(PRECISIONS)}"
+        )
         if self.method == "lora":
             lo = self.lora
             need(lo.r >= 1, "lora.r", lo.r, "must be a positive integer")

@@ -49,7 +49,9 @@ def evaluate_best(
         processor, data = loaded[key]
         device = device_for(cfg)
         model = load_checkpoint_model(cfg, Path(pick["checkpoint_path"])).to(device)
-        metrics, _, records = evaluate_model(model, processor, data, evaluation=cfg.evaluation, device=device)
+        metrics, _, records = evaluate_model(
+            model, processor, data, evaluation=cfg.evaluation, device=device, precision=cfg.train.precision
+        )
         save_records(records, Path(out) / f"{split}_records" / f"{pick['trial_id']}.npz")
         per_label = metrics.pop("per_label")
         metrics[f"{split}_loss"] = metrics.pop("val_loss")

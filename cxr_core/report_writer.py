@@ -149,14 +149,19 @@ def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin,
     extra = [m for m in ("label_f1_macro",) if m != metric]
     rows = comparison.validation_comparisons(configs, val, metric=metric, mode=mode, margin=margin,
                                              extra_metrics=extra)  # fmt: skip
-    rows += comparison.test_comparisons(tst, metric=metric, margin=margin, extra_metrics=extra)
+    best_lora = analysis.best_config_per(configs, analysis.METHOD, metric=metric, mode=mode)
+    best_lora = best_lora[best_lora[analysis.METHOD] == "lora"]["config_id"]
+    rows += comparison.test_comparisons(tst, test, best_lora=best_lora.iloc[0] if len(best_lora) else None,
+                                        metric=metric, margin=margin, extra_metrics=extra)  # fmt: skip
     out["configs"] = comparison.with_bootstrap_intervals(configs, val)
     out["comparisons"] = comparison.comparisons_frame(rows)
     out["sparse"] = val.sparse() if val is not None else []
     if tst is not None:
+        shown = (metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate")
         out["test_intervals"] = {
-            g: {m: tst.interval(g, m) for m in (metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate")}
-            for g in tst.seeds
+            str(g): {m: tst.interval(str(c), m) for m in shown}
+            for g, c in zip(test["group"], test["config_id"], strict=True)
+            if str(c) in tst.seeds
         }
     return out
 
@@ -253,6 +258,7 @@ def write_report(
             margin=margin,
             sparse=paired["sparse"],
             n_boot=n_boot,
+            epochs=epochs,
         )
         (tmp / "summary.md").write_text(summary)
     except BaseException:

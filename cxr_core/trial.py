@@ -43,6 +43,12 @@ def device_for(config: TrialConfig) -> torch.device:
     return torch.device("cuda" if config.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
 
 
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether forward passes run under bf16 autocast: ``auto`` = on CUDA only; ``bf16`` = on any device (on a
+    CPU with AMX or AVX512-BF16 about 1.4x faster for the embedded model); ``fp32`` = never."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 class MemoryMeter:
     """Peak memory of the trial's model work: CUDA ``max_memory_allocated``, or on CPU the process's peak
     resident set (VmHWM) above its RSS when :meth:`start` was called, with the data already in memory and
@@ -148,7 +154,7 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     start = time.perf_counter()
     for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device):
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=s.device.type == "cuda"):
+        with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg.precision, s.device)):
             loss = s.model(**batch).loss
         (loss / cfg.grad_accum).backward()
         step_in_accum += 1
@@ -181,7 +187,8 @@ def _optimizer_step(s: Setup) -> None:
 
 def evaluate(s: Setup, data: SplitData) -> tuple[dict, list[str], ImageRecords]:
     """Every metric of ``data`` for the trial's model (see :func:`evaluate_model`)."""
-    return evaluate_model(s.model, s.processor, data, evaluation=s.config.evaluation, device=s.device)
+    return evaluate_model(s.model, s.processor, data, evaluation=s.config.evaluation, device=s.device,
+                          precision=s.config.train.precision)  # fmt: skip
 
 
 def per_image_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +208,7 @@ def per_image_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 @torch.no_grad()
 def evaluate_model(
-    model, processor, data: SplitData, *, evaluation, device: torch.device
+    model, processor, data: SplitData, *, evaluation, device: torch.device, precision: str = "auto"
 ) -> tuple[dict, list[str], ImageRecords]:
     """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split.
 
@@ -216,7 +223,7 @@ def evaluate_model(
     pad_id = processor.tokenizer.pad_token_id
     for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id, device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device)):
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
             out = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=evaluation.max_new_tokens)
         loss_sum, tokens = per_image_loss(logits, batch["labels"])

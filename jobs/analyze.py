@@ -46,9 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 @main_guard
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from cxr_core.report_writer import write_report
-
     from cxr_core.errors import CxrError
+    from cxr_core.report_writer import write_report
 
     if not args.margin >= 0:
         raise CxrError(f"--margin must be >= 0, got {args.margin}")

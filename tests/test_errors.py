@@ -341,6 +341,13 @@ PREPARE_ROWS = [
         DECODE,
         [BAD_FILE, "oversized image (decompression-bomb guard): Image size (1600000000 pixels)"],
     ),
+    (
+        "fractions_not_summing_to_one",
+        None,
+        ["--fractions", "0.5,0.2,0.2"],
+        ["--fractions must be three positive train,val,test shares summing to 1, got 0.5,0.2,0.2"],
+    ),
+    ("fractions_not_numbers", None, ["--fractions", "half,rest"], ["--fractions must be three numbers"]),
 ]
 
 
@@ -348,7 +355,11 @@ PREPARE_ROWS = [
 def test_prepare_refuses_bad_input(row, make, extra, phrases, small_data, tmp_path):
     src, splits = small_data
     root = tmp_path / "mimic"
-    if row != "mimic_root_missing":
+    if row == "mimic_root_missing":
+        pass
+    elif row.startswith("fractions_"):
+        root = src
+    else:
         _copy_root(src, root, files=row.startswith("image_"))
         if make is not None:
             make(root, splits)
@@ -429,6 +440,19 @@ def test_analyze_refuses_bad_results(row, phrases, tmp_path):
     before = hashes(tmp_path)
     assert_refused(cli("jobs.analyze", target), *phrases)
     assert hashes(tmp_path) == before  # no report folder, nothing written
+
+
+@pytest.mark.parametrize(
+    ("row", "args", "phrases"),
+    [
+        ("margin_negative", ["--margin", "-0.01"], ["--margin must be >= 0, got -0.01"]),
+        ("resamples_too_few", ["--resamples", "10"], ["--resamples must be at least 100", "got 10"]),
+    ],
+)
+def test_analyze_refuses_bad_options(row, args, phrases, tmp_path):
+    before = hashes(tmp_path)
+    assert_refused(cli("jobs.analyze", str(tmp_path), *args), *phrases)
+    assert hashes(tmp_path) == before
 
 
 # ------------------------------------------------------------- a real sweep: live, interrupted, resumed
