@@ -679,6 +679,7 @@ def _config_rows(frame: pd.DataFrame, *, metric: str) -> list[dict]:
     for _, r in frame.iterrows():
         row = {"configuration": r["config_id"], "seeds": int(r["n_seeds"])}
         row[f"{metric} [interval]"] = _ci(stat(r, f"best_{metric}"))
+        row["seed sd"] = _num(r.get(f"best_{metric}_std", math.nan))
         if metric != "label_f1_macro":
             row["label_f1_macro [interval]"] = _ci(stat(r, "best_label_f1_macro"))
         row["unparsed"] = _num(r.get("best_unparsed_rate_mean", math.nan), 2)

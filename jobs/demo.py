@@ -19,7 +19,7 @@ from jobs._cli import main_guard
 SYNTHETIC = Path("data/synthetic")
 SPLITS = Path("data/demo")
 PATIENTS = 450  # synthetic patients: ~1,450 frontal images, all of them used (MIMIC-like label prevalence)
-FRACTIONS = (0.5, 0.15, 0.35)  # train / val / test: the test split is read once, so it can be large
+FRACTIONS = (0.45, 0.15, 0.4)  # train / val / test: the test split is read once, so it can be large
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -47,16 +47,29 @@ def test_shipped_spaces_load_and_validate(path, monkeypatch):
     )  # header: purpose, command, override
 
 
-def test_demo_has_eight_trials_fft_two_lrs_lora_two_ranks_per_preset(monkeypatch):
+def test_demo_design_three_seeds_three_learning_rates_per_method_ranks_and_presets(monkeypatch):
+    """The demo's grid, as Tune resolves it: 27 trials = 9 configurations x seeds 0, 1, 2; three learning rates
+    for FFT and for LoRA, LoRA's middle one about 5x FFT's; ranks 4 and 16; presets vision, text, all_linear."""
+    from cxr_core.tune_runner import resolved_trials
+
     monkeypatch.chdir(REPO)
-    study = load_study(REPO / "search_spaces/demo.yaml", check_paths=False)
-    corners = [c for arm in study.arms for c in corner_configs(arm)]
-    fft = [c for c in corners if c["method"] == "fft"]
-    lora = [c for c in corners if c["method"] == "lora"]
-    assert len({c["train"]["lr"] for c in fft}) >= 2
-    for preset in ("vision", "text", "all_linear"):
-        assert len({c["lora"]["r"] for c in lora if c["lora"]["target_modules"] == preset}) >= 2
-    assert len(fft) + len(lora) >= 8
+    trials = resolved_trials(load_study(REPO / "search_spaces/demo.yaml", check_paths=False))
+    assert len(trials) == 27
+    seeds = {}
+    for t in trials:
+        key = (
+            t["method"],
+            t["train"]["lr"],
+            str(t.get("lora", {}).get("r")),
+            str(t.get("lora", {}).get("target_modules")),
+        )
+        seeds.setdefault(key, []).append(t["train"]["seed"])
+    assert len(seeds) == 9 and all(sorted(v) == [0, 1, 2] for v in seeds.values())
+    fft_lrs = sorted({k[1] for k in seeds if k[0] == "fft"})
+    lora_lrs = sorted({k[1] for k in seeds if k[0] == "lora"})
+    assert len(fft_lrs) == 3 and len(lora_lrs) == 3 and lora_lrs[1] / fft_lrs[1] == pytest.approx(5)
+    lora = [k for k in seeds if k[0] == "lora"]
+    assert {k[3] for k in lora} == {"vision", "text", "all_linear"} and {k[2] for k in lora} == {"4", "16"}
 
 
 def test_arms_expand_with_own_ranges(tmp_path):
