@@ -230,10 +230,6 @@ def run_study(
             scheduler=_scheduler(study),
             max_concurrent_trials=study.max_concurrent_trials or None,
             trial_dirname_creator=_trial_dirname,
-            # A finished trial's worker process takes the next trial with the same resources: no new Python,
-            # torch and transformers imports per trial (seconds each on a small CPU). Every trial re-seeds,
-            # reloads its model and resets the memory meter, so nothing carries over but the imports.
-            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,

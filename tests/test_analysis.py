@@ -542,7 +542,9 @@ def test_real_sweep_test_numbers_flow_into_the_summary(sweep, tmp_path):
         assert "two-level bootstrap interval over seeds and test images" in summary
         comparisons = pd.read_csv(folder / "comparisons.csv")
         on_test = comparisons[(comparisons["split"] == "test") & (comparisons["metric"] == METRIC)]
-        assert len(on_test) == 1 and on_test.iloc[0]["a"] == "lora" and on_test.iloc[0]["b"] == "fft"
+        config_of = dict(zip(test["group"], test["config_id"], strict=False))
+        assert len(on_test) == 1 and on_test.iloc[0]["kind"] == "lora_vs_fft"
+        assert (on_test.iloc[0]["a"], on_test.iloc[0]["b"]) == (config_of["lora"], config_of["fft"])
         means = test.groupby("group")[METRIC].mean()
         assert on_test.iloc[0]["difference"] == pytest.approx(means["lora"] - means["fft"], abs=1e-6)
         assert on_test.iloc[0]["sentence"] in summary.split("## Protocol")[0]
