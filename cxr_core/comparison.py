@@ -19,7 +19,6 @@ Selection stays on validation; the test split is only read from ``jobs.evaluate`
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -260,7 +259,3 @@ def test_comparisons(
 
 def comparisons_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
-
-
-def finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
