@@ -1056,6 +1056,7 @@ def summary_markdown(
     sparse: Sequence[str] = (),
     n_boot: int = 0,
     epochs: pd.DataFrame | None = None,
+    metric_source: str = "",
 ) -> str:
     """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
     LoRA preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
@@ -1071,6 +1072,7 @@ def summary_markdown(
         margin: the equivalence margin of the verdicts. sparse: labels with few positives on validation.
         n_boot: bootstrap resamples behind the intervals. epochs: the tidy per-epoch rows with ``config_id``
             (for the convergence check of the best configurations).
+        metric_source: where ``metric`` came from (``the sweep's own``, ``--metric``), said in the summary.
     """
     configs = configs_table(table) if configs is None else configs
     if "config_id" not in table:
@@ -1088,7 +1090,8 @@ def summary_markdown(
     lines.append(
         f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in status.items())}) in {len(configs)} "
         f"configurations (trials that differ only by seed). A trial's value is its best epoch on validation "
-        f"`{metric}` ({mode}); a configuration's is the mean over its seeds. "
+        f"`{metric}` ({mode}{'; ' + metric_source if metric_source else ''}); a configuration's is "
+        "the mean over its seeds. "
         + interval_note(configs, comparisons, margin=margin, n_boot=n_boot)
         + (f" Peak memory is {kind} (MB)." if kind else "")
     )

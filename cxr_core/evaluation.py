@@ -20,8 +20,8 @@ def evaluate_best(
     results: str | Path,
     *,
     split: str = "test",
-    metric: str = "label_f1_micro",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
     group_by: str = "method",
     out: str | Path,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -31,8 +31,9 @@ def evaluate_best(
     recall, F1, support) into ``out``, and each checkpoint's per-image records as
     ``{split}_records/<trial_id>.npz`` (see :mod:`cxr_core.records`): the analysis compares the groups on
     them, paired over the same images."""
-    from cxr_core.tune_runner import best_checkpoints
+    from cxr_core.tune_runner import best_checkpoints, resolve_objective
 
+    metric, mode, _ = resolve_objective(results, metric, mode)  # None: the sweep's own metric and mode
     picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by)
     if not picks:
         raise CxrError(f"{results}: no trial has a checkpoint with metric {metric!r} yet; nothing to evaluate")

@@ -170,8 +170,8 @@ def write_report(
     results: str | Path,
     *,
     out: str | Path | None = None,
-    metric: str = "label_f1_micro",
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
     margin: float = 0.02,
     n_boot: int = 1000,
 ) -> Path:
@@ -181,7 +181,7 @@ def write_report(
         results: ``ray_results/NAME`` or a URI such as ``s3://bucket/ray_results/NAME``.
         out: report folder (default :func:`default_out`).
         metric, mode: the validation metric that picks each trial's best epoch and each method's best
-            configuration.
+            configuration; None = the sweep's own (see :func:`cxr_core.tune_runner.resolve_objective`).
         margin: the equivalence margin of the paired verdicts (absolute, on the metric).
         n_boot: bootstrap resamples for the intervals and comparisons.
 
@@ -196,6 +196,9 @@ def write_report(
     text = str(results)
     name = text.rstrip("/").rsplit("/", 1)[-1]
     out = Path(out) if out else default_out(text)
+    from cxr_core.tune_runner import resolve_objective
+
+    metric, mode, source = resolve_objective(text, metric, mode)
     epochs = results_frame(text)
     if "epoch" in epochs and metric not in epochs:
         known = sorted(
@@ -259,6 +262,7 @@ def write_report(
             sparse=paired["sparse"],
             n_boot=n_boot,
             epochs=epochs,
+            metric_source=source,
         )
         (tmp / "summary.md").write_text(summary)
     except BaseException:

@@ -391,6 +391,32 @@ def load_results(path: str | Path):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+DEFAULT_OBJECTIVE = ("label_f1_micro", "max")
+
+
+def resolve_objective(
+    path: str | Path, metric: str | None = None, mode: str | None = None
+) -> tuple[str, str, str]:
+    """The metric and mode that pick each trial's best epoch and each method's best configuration.
+
+    The sweep's own ``metric``/``mode`` (its search space's, kept by Tune in the experiment folder) unless
+    ``metric`` is given; a given metric without ``mode`` takes the sweep's mode when it is the sweep's metric,
+    else ``min`` for a loss and ``max`` otherwise.
+
+    Returns:
+        ``(metric, mode, source)``: source says where the metric came from, for the summary.
+    """
+    analysis = getattr(load_results(path), "_experiment_analysis", None)
+    own_metric, own_mode = getattr(analysis, "default_metric", None), getattr(analysis, "default_mode", None)
+    if metric is None:
+        if own_metric:
+            return own_metric, mode or own_mode or DEFAULT_OBJECTIVE[1], "the sweep's own metric"
+        return DEFAULT_OBJECTIVE[0], mode or DEFAULT_OBJECTIVE[1], "the default metric: the sweep recorded none"
+    if mode is None:
+        mode = own_mode if metric == own_metric and own_mode else ("min" if "loss" in metric else "max")
+    return metric, mode, "chosen with --metric" + (f", the sweep's own is {own_metric}" if own_metric else "")
+
+
 def trial_statuses(grid) -> dict[str, str]:
     """{trial folder name: TERMINATED | RUNNING | PENDING | PAUSED | ERROR} for a ResultGrid.
 

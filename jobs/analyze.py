@@ -26,8 +26,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="a sweep's results folder or storage URI, e.g. ray_results/demo")
     p.add_argument("--out", help="report folder (default RESULTS/report; ./NAME-report for a URI)")
-    p.add_argument("--metric", default="label_f1_micro", help="validation metric that defines the best")
-    p.add_argument("--mode", default="max", choices=("max", "min"))
+    p.add_argument(
+        "--metric",
+        help="validation metric that picks each trial's best epoch and the best configurations (default: the "
+        "sweep's own `metric` from its search space)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        help="default: the sweep's own mode for its metric, else min for a loss and max otherwise",
+    )
     p.add_argument(
         "--margin",
         type=float,

@@ -99,8 +99,8 @@ def main(argv=None) -> None:
     from cxr_core.report_writer import default_out, write_report
 
     print("[demo] scoring the configurations chosen on validation on the test split (once) ...", flush=True)
-    evaluate_best(results, metric=study.metric, mode=study.mode, group_by="method", out=default_out(results))
-    report = write_report(results, metric=study.metric, mode=study.mode)
+    evaluate_best(results, group_by="method", out=default_out(results))  # the sweep's own metric and mode
+    report = write_report(results)
     print(f"[demo] report: {report}/summary.md (every verdict, comparisons.csv, configs.csv, *.png)")
     print(f"[demo] finished in {_elapsed(start):.0f} s (set-up included); the answer:")
     for line in _answer(report, study.metric):

@@ -18,9 +18,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("results", help="a sweep's results folder, e.g. ray_results/demo")
     p.add_argument("--split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
     p.add_argument(
-        "--metric", default="label_f1_micro", help="validation metric that picks the best checkpoint"
+        "--metric",
+        help="validation metric that picks each trial's best epoch and the best configurations (default: the "
+        "sweep's own `metric` from its search space)",
     )
-    p.add_argument("--mode", default="max", choices=("max", "min"))
+    p.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        help="default: the sweep's own mode for its metric, else min for a loss and max otherwise",
+    )
     p.add_argument(
         "--by", default="method", choices=("method", "variant"), help="one best per method or per variant"
     )
@@ -43,7 +49,7 @@ def main(argv=None) -> None:
     shown = [
         "group",
         "trial_id",
-        f"val_{args.metric}",
+        *[c for c in table.columns if c.startswith("val_")],
         "label_f1_micro",
         "label_f1_macro",
         "label5_f1_macro",

@@ -65,8 +65,8 @@ def small_data(tmp_path_factory):
 
 TWO_ARM_SPACE = """
 name: {name}
-metric: label_f1_micro
-mode: max
+metric: {metric}
+mode: {mode}
 defaults:
   model: embedded
   data: {{split_dir: {splits}, image_root: {root}, max_train: {max_train}, max_val: {max_val}}}
@@ -84,14 +84,16 @@ arms:
 """
 
 
-def two_arm_sweep(small_data, tmp, *, name: str, max_train: int, max_val: int, seeds=None) -> Path:
+def two_arm_sweep(
+    small_data, tmp, *, name: str, max_train: int, max_val: int, seeds=None, objective=("label_f1_micro", "max")
+) -> Path:
     """Run (and analyse) a real tiny sweep: FFT at lr 1e-3 and LoRA r=4 on all linear layers, 2 epochs,
     optionally repeated over ``seeds``; returns the experiment folder."""
     root, splits = small_data
     seed = f", seed: {{grid_search: {list(seeds)}}}" if seeds else ""
     space = tmp / "space.yaml"
     space.write_text(TWO_ARM_SPACE.format(name=name, splits=splits, root=root, max_train=max_train,
-                                          max_val=max_val, seed=seed))  # fmt: skip
+                                          max_val=max_val, seed=seed, metric=objective[0], mode=objective[1]))  # fmt: skip
     run_module(
         "jobs.sweep", str(space), "--name", name, "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet"
     )

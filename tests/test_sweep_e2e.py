@@ -84,3 +84,26 @@ def test_checkpoints_reload(sweep):
     assert not list(lora_ckpts[0].glob("model.safetensors"))  # adapters only, never the base model
     PeftModel.from_pretrained(load_model("embedded"), lora_ckpts[-1])
     AutoModelForCausalLM.from_pretrained(fft_ckpts[-1])
+
+
+def test_the_sweeps_own_metric_travels_with_its_results(small_data, tmp_path):
+    """A sweep run with `metric: val_loss, mode: min` is analysed and evaluated by val_loss without flags; a
+    --metric flag still overrides, and the summary says which metric chose."""
+    from tests.conftest import run_module
+
+    path = two_arm_sweep(
+        small_data, tmp_path, name="byloss", max_train=16, max_val=8, objective=("val_loss", "min")
+    )
+    summary = (path / "report" / "summary.md").read_text()
+    assert "best epoch on validation `val_loss` (min; the sweep's own metric)" in summary
+    trials = pd.read_csv(path / "report" / "trials.csv")
+    epochs = pd.read_csv(path / "report" / "epochs.csv")
+    for _, row in trials.iterrows():  # each trial's best epoch is its lowest validation loss
+        assert row["best_val_loss"] == pytest.approx(
+            epochs[epochs["trial_id"] == row["trial_id"]]["val_loss"].min()
+        )
+    run_module("jobs.evaluate", str(path))
+    assert "val_val_loss" in pd.read_csv(path / "report" / "test_metrics.csv")
+    run_module("jobs.analyze", str(path), "--metric", "label_f1_micro", "--out", str(tmp_path / "byf1"))
+    text = (tmp_path / "byf1" / "summary.md").read_text()
+    assert "`label_f1_micro` (max; chosen with --metric, the sweep's own is val_loss)" in text
