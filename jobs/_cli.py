@@ -11,6 +11,20 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def add_objective_args(p) -> None:
+    """``--metric`` and ``--mode`` of the commands that read a sweep (default: the sweep's own)."""
+    p.add_argument(
+        "--metric",
+        help="validation metric that picks each trial's best epoch and the best configurations (default: the "
+        "sweep's own `metric` from its search space)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("max", "min"),
+        help="default: the sweep's own mode for its metric, else min for a loss and max otherwise",
+    )
+
+
 def main_guard(fn):
     """Wrap ``main``: a :class:`CxrError` prints ``error: MESSAGE`` on stderr and exits 2; Ctrl-C exits 130."""
 

@@ -19,23 +19,14 @@ from __future__ import annotations
 
 import argparse
 
-from jobs._cli import main_guard
+from jobs._cli import add_objective_args, main_guard
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="a sweep's results folder or storage URI, e.g. ray_results/demo")
     p.add_argument("--out", help="report folder (default RESULTS/report; ./NAME-report for a URI)")
-    p.add_argument(
-        "--metric",
-        help="validation metric that picks each trial's best epoch and the best configurations (default: the "
-        "sweep's own `metric` from its search space)",
-    )
-    p.add_argument(
-        "--mode",
-        choices=("max", "min"),
-        help="default: the sweep's own mode for its metric, else min for a loss and max otherwise",
-    )
+    add_objective_args(p)
     p.add_argument(
         "--margin",
         type=float,
