@@ -44,8 +44,8 @@ METHOD, LR, RANK, ALPHA, TARGETS = CONFIG_SHOWN
 SEED = "config/train/seed"
 NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
 CONFIDENCE = 0.95
-MIN_SEEDS_FOR_T = 3
-CONVERGED_GAIN = 0.01  # a best configuration still gaining this much over its last epoch has not converged  # fewer seeds: rows show the min-max over seeds, not a t interval
+MIN_SEEDS_FOR_T = 3  # fewer seeds: rows show the min-max over seeds, not a t interval
+CONVERGED_GAIN = 0.01  # a best configuration still gaining this much over its last epoch has not converged
 # Settings that must be equal across arms for "same data, same number of optimizer steps".
 PROTOCOL = (
     "config/train/epochs",
@@ -453,6 +453,21 @@ def _seed_note(a: dict, b: dict) -> str:
     return f"with {n} seed{'s' if n != 1 else ''}" if n >= 2 else "with one seed"
 
 
+def cost_shares(fft, lora, *, memory_kind: str = "", whose: str = "its") -> list[str]:
+    """LoRA's cost as shares of FFT's (means over seeds): ``16% of its trainable parameters``, ``137% of its peak
+    memory (kind)``, ``0.64x its training throughput (samples/s)``; what is missing is left out."""
+    out = []
+    for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
+        a, b = stat(lora, col)["mean"], stat(fft, col)["mean"]
+        if not _isnan(a) and b and not _isnan(b):
+            kind = f" ({memory_kind})" if col == "peak_mem_mb" and memory_kind else ""
+            out.append(f"{_pct(a / b)} of {whose} {word}{kind}")
+    a, b = stat(lora, "train_samples_per_s")["mean"], stat(fft, "train_samples_per_s")["mean"]
+    if not _isnan(a) and b and not _isnan(b):
+        out.append(f"{a / b:.2f}x {whose} training throughput (samples/s)")
+    return out
+
+
 def comparison_lines(
     fft,
     lora,
@@ -481,15 +496,7 @@ def comparison_lines(
             interval = f" ({int(min(q_l['n'], q_f['n']))} seeds: no interval)"
         quality = f"reaches {_pct(r)} of the best FFT configuration's ({_describe(fft)}) validation "
         quality += f"{metric}{interval}"
-    cost = []
-    for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
-        c = ratio_interval(stat(lora, col), stat(fft, col))[0]
-        if not _isnan(c):
-            kind = f" ({memory_kind})" if col == "peak_mem_mb" and memory_kind else ""
-            cost.append(f"{_pct(c)} of its {word}{kind}")
-    speed = ratio_interval(stat(lora, "train_samples_per_s"), stat(fft, "train_samples_per_s"))[0]
-    if not _isnan(speed):
-        cost.append(f"{speed:.2f}x its training throughput (samples/s)")
+    cost = cost_shares(fft, lora, memory_kind=memory_kind)
     joined = ", ".join(cost[:-1]) + (" and " if len(cost) > 1 else "") + cost[-1] if cost else ""
     lines.append(f"The best {what} ({_describe(lora)}) {quality}" + (f", with {joined}." if cost else "."))
     for m in extra_metrics:
@@ -924,7 +931,7 @@ def convergence_lines(epochs: pd.DataFrame, configs: pd.DataFrame, *, metric: st
         gain = sign * (per_epoch.iloc[-1] - per_epoch.iloc[-2])
         last = int(per_epoch.index[-1])
         verdict = (
-            "converged (gain below 0.01)"
+            f"converged (gain below {CONVERGED_GAIN:g})"
             if gain < CONVERGED_GAIN
             else "still improving: train longer before trusting the comparison"
         )
@@ -961,14 +968,7 @@ def quality_cost_lines(fft, lora, *, metric: str, memory_kind: str, planned: dic
         f"The best LoRA configuration ({_describe(lora)}) {share} the best FFT configuration's ({_describe(fft)}) "
         f"validation {metric} ({_num(q_l)} vs {_num(q_f)})." + _unparsed_note(fft, lora)
     ]
-    measured = []
-    for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
-        a, b = stat(lora, col)["mean"], stat(fft, col)["mean"]
-        if not _isnan(a) and b:
-            measured.append(f"{_pct(a / b)} of FFT's {word}")
-    a, b = stat(lora, "train_samples_per_s")["mean"], stat(fft, "train_samples_per_s")["mean"]
-    if not _isnan(a) and b:
-        measured.append(f"{a / b:.2f}x its training throughput")
+    measured = cost_shares(fft, lora, whose="FFT's")
     if measured:
         total = stat(fft, "total_params")["mean"]
         size = f"{total / 1e6:.2f}M-parameter " if not _isnan(total) else ""

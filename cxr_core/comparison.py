@@ -125,7 +125,8 @@ def validation_split(
     configs: pd.DataFrame, records: dict[str, ImageRecords], *, split_dir: str, uncertain: str, n_boot: int,
     seed: int = 0,
 ) -> Split | None:  # fmt: skip
-    """The validation :class:`Split` of every configuration whose trials all have records (None if none)."""
+    """The validation :class:`Split` of every configuration with records, from those of its trials that wrote
+    them (an older or errored trial without records leaves that seed out); None if no trial has records."""
     groups = {}
     for _, row in configs.iterrows():
         ids = [t for t in str(row["trial_ids"]).split(",") if t in records]

@@ -31,10 +31,11 @@ def evaluate_best(
     recall, F1, support) into ``out``, and each checkpoint's per-image records as
     ``{split}_records/<trial_id>.npz`` (see :mod:`cxr_core.records`): the analysis compares the groups on
     them, paired over the same images."""
-    from cxr_core.tune_runner import best_checkpoints, resolve_objective
+    from cxr_core.tune_runner import best_checkpoints, load_results, resolve_objective
 
-    metric, mode, _ = resolve_objective(results, metric, mode)  # None: the sweep's own metric and mode
-    picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by)
+    grid = load_results(results)
+    metric, mode, _ = resolve_objective(grid, metric, mode)  # None: the sweep's own metric and mode
+    picks = best_checkpoints(results, metric=metric, mode=mode, group_by=group_by, grid=grid)
     if not picks:
         raise CxrError(f"{results}: no trial has a checkpoint with metric {metric!r} yet; nothing to evaluate")
     rows, label_rows = [], []

@@ -62,9 +62,9 @@ def image_records(
     )
 
 
-def records_name(split: str, epoch: int | None = None) -> str:
-    """``val_epoch003.npz`` (a trial's validation at epoch 3) or ``test.npz``."""
-    return f"{split}_epoch{int(epoch):03d}.npz" if epoch is not None else f"{split}.npz"
+def records_name(split: str, epoch: int) -> str:
+    """``val_epoch003.npz``: a trial's records of ``split`` at ``epoch`` (inside its ``records/`` folder)."""
+    return f"{split}_epoch{int(epoch):03d}.npz"
 
 
 def to_bytes(rec: ImageRecords) -> bytes:

@@ -25,24 +25,28 @@ EVALUATED_DIRS = ("test_records", "val_records")  # jobs.evaluate's per-image re
 TARGET_SCALE = "arch:git-base"  # the study's target model, for planned cost figures
 
 
+def _setting(frame: pd.DataFrame, col: str, default):
+    """The first value of a ``config/...`` column (equal for every arm, see the protocol check), or ``default``."""
+    values = frame.get(col)
+    return values.dropna().iloc[0] if values is not None and values.notna().any() else default
+
+
 def _baseline(epochs) -> dict | None:
     """The constant baseline on the sweep's own data (the split folder named in its config)."""
     from cxr_core.prepare import read_split
 
-    if "config/data/split_dir" not in epochs or epochs["config/data/split_dir"].dropna().empty:
+    split_dir = _setting(epochs, "config/data/split_dir", None)
+    if split_dir is None:
         return None
-    split_dir = epochs["config/data/split_dir"].dropna().iloc[0]
-    uncertain = epochs.get("config/evaluation/uncertain")
-    policy = uncertain.dropna().iloc[0] if uncertain is not None and uncertain.notna().any() else "negative"
     try:
         train = read_split(split_dir, "train")["mini_report"].fillna("").tolist()
         val = read_split(split_dir, "val")
     except (CxrError, OSError):
         return None
-    max_val = epochs.get("config/data/max_val")
-    limit = int(max_val.dropna().iloc[0]) if max_val is not None and max_val.notna().any() else 0
+    limit = int(_setting(epochs, "config/data/max_val", 0))
     if limit:
         val = val.head(limit)
+    policy = _setting(epochs, "config/evaluation/uncertain", "negative")
     return analysis.constant_baseline(train, val["mini_report"].fillna("").tolist(), uncertain=policy)
 
 
@@ -73,11 +77,6 @@ def _carry_evaluated(sources: list[Path], dest: Path) -> dict[str, pd.DataFrame]
                 shutil.copytree(folder / name, dest / name)
                 break
     return found
-
-
-def _setting(frame: pd.DataFrame, col: str, default):
-    values = frame.get(col)
-    return values.dropna().iloc[0] if values is not None and values.notna().any() else default
 
 
 def _arm(row) -> dict:
@@ -158,11 +157,8 @@ def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin,
     out["sparse"] = val.sparse() if val is not None else []
     if tst is not None:
         shown = (metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate")
-        out["test_intervals"] = {
-            str(g): {m: tst.interval(str(c), m) for m in shown}
-            for g, c in zip(test["group"], test["config_id"], strict=True)
-            if str(c) in tst.seeds
-        }
+        pairs = dict.fromkeys(zip(test["group"].astype(str), test["config_id"].astype(str), strict=True))
+        out["test_intervals"] = {g: {m: tst.interval(c, m) for m in shown} for g, c in pairs if c in tst.seeds}
     return out
 
 
@@ -196,10 +192,11 @@ def write_report(
     text = str(results)
     name = text.rstrip("/").rsplit("/", 1)[-1]
     out = Path(out) if out else default_out(text)
-    from cxr_core.tune_runner import resolve_objective
+    from cxr_core.tune_runner import load_results, resolve_objective
 
-    metric, mode, source = resolve_objective(text, metric, mode)
-    epochs = results_frame(text)
+    grid = load_results(text)
+    metric, mode, source = resolve_objective(grid, metric, mode)
+    epochs = results_frame(text, grid=grid)
     if "epoch" in epochs and metric not in epochs:
         known = sorted(
             c

@@ -394,19 +394,18 @@ def load_results(path: str | Path):
 DEFAULT_OBJECTIVE = ("label_f1_micro", "max")
 
 
-def resolve_objective(
-    path: str | Path, metric: str | None = None, mode: str | None = None
-) -> tuple[str, str, str]:
+def resolve_objective(grid, metric: str | None = None, mode: str | None = None) -> tuple[str, str, str]:
     """The metric and mode that pick each trial's best epoch and each method's best configuration.
 
-    The sweep's own ``metric``/``mode`` (its search space's, kept by Tune in the experiment folder) unless
+    ``grid`` is the sweep's ResultGrid (:func:`load_results`). The sweep's own ``metric``/``mode`` (its search
+    space's, kept by Tune in the experiment folder) unless
     ``metric`` is given; a given metric without ``mode`` takes the sweep's mode when it is the sweep's metric,
     else ``min`` for a loss and ``max`` otherwise.
 
     Returns:
         ``(metric, mode, source)``: source says where the metric came from, for the summary.
     """
-    analysis = getattr(load_results(path), "_experiment_analysis", None)
+    analysis = getattr(grid, "_experiment_analysis", None)
     own_metric, own_mode = getattr(analysis, "default_metric", None), getattr(analysis, "default_mode", None)
     if metric is None:
         if own_metric:
@@ -436,17 +435,18 @@ def _flatten(prefix: str, node, out: dict) -> None:
         out[prefix] = node
 
 
-def results_frame(path: str | Path):
+def results_frame(path: str | Path, *, grid=None):
     """The tidy results of a sweep: one row per trial and epoch, the arm's config flattened into
     ``config/...`` columns, plus ``trial_id``, ``status`` and ``error`` (errored trials keep a row even when
-    they reported nothing). Works on a sweep still running or one with errored trials.
+    they reported nothing). Works on a sweep still running or one with errored trials. ``grid``: the sweep's
+    ResultGrid if the caller has already restored it (:func:`load_results`), so it is read once.
 
     Returns:
         A pandas DataFrame.
     """
     import pandas as pd
 
-    grid = load_results(path)
+    grid = load_results(path) if grid is None else grid
     status_of = trial_statuses(grid)
     # A trial that has not reported yet (a sweep still running) has no config on its Result: take its Trial's.
     trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
@@ -471,7 +471,9 @@ def results_frame(path: str | Path):
     return pd.DataFrame(rows)
 
 
-def best_checkpoints(path: str | Path, *, metric: str, mode: str, group_by: str = "method") -> list[dict]:
+def best_checkpoints(
+    path: str | Path, *, metric: str, mode: str, group_by: str = "method", grid=None
+) -> list[dict]:
     """For each group (``method``, or ``variant`` = method + LoRA preset), the best configuration by its
     mean over seeds of the best validation ``metric`` (see :mod:`cxr_core.analysis`), and for every seed of
     it, that trial's best checkpoint: everything is chosen on validation only.
@@ -481,8 +483,8 @@ def best_checkpoints(path: str | Path, *, metric: str, mode: str, group_by: str 
     """
     from cxr_core import analysis
 
-    grid = load_results(path)
-    epochs = results_frame(path)
+    grid = load_results(path) if grid is None else grid
+    epochs = results_frame(path, grid=grid)
     if epochs.empty or metric not in epochs:
         unfinished = sorted(set(epochs.get("status", [])) - {"TERMINATED", "ERROR"})
         if unfinished:

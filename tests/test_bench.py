@@ -40,3 +40,11 @@ def test_paired_bootstrap_bench_small():
     assert 0 < result["analysis_seconds"] < result["target_seconds"] and result["meets_target"]
     assert result["weights_mb"] == round(100 * 300 * 4 / 2**20, 1) and result["peak_rss_mb"] > 0
     assert 0 < result["widest_interval"] < 1
+
+
+def test_cpu_precision_bench_small():
+    result = last_json("bench.cpu_precision", "--samples", "16", "--rounds", "1")
+    assert result["fp32_epoch_s"] > 0 and result["bf16_epoch_s"] > 0
+    assert result["speedup"] == pytest.approx(result["fp32_epoch_s"] / result["bf16_epoch_s"], abs=1e-2)
+    # Same data, same initial weights, one epoch: bf16 autocast must not change the loss beyond rounding.
+    assert result["bf16_train_loss"] == pytest.approx(result["fp32_train_loss"], rel=0.02)
