@@ -48,3 +48,15 @@ def test_cpu_precision_bench_small():
     assert result["speedup"] == pytest.approx(result["fp32_epoch_s"] / result["bf16_epoch_s"], abs=1e-2)
     # Same data, same initial weights, one epoch: bf16 autocast must not change the loss beyond rounding.
     assert result["bf16_train_loss"] == pytest.approx(result["fp32_train_loss"], rel=0.02)
+
+
+def test_label_readability_bench_reads_a_strong_sign(small_data):
+    root, splits = small_data
+    labels = last_json("bench.label_readability", "--splits", str(splits), "--images", str(root),
+                       "--labels", "Cardiomegaly,Pleural_Effusion")["labels"]  # fmt: skip
+    # Cardiomegaly (a heart 40% wider) is the strongest sign the generator draws: a linear probe must find it on
+    # the pixels; every reported label has its counts and both probes' AUC in [0, 1].
+    assert labels["Cardiomegaly"]["pixels"]["auc"] > 0.85
+    for row in labels.values():
+        assert row["train_positives"] >= 3 and row["test_positives"] >= 1
+        assert all(0 <= row[k]["auc"] <= 1 and 0 <= row[k]["f1"] <= 1 for k in ("pixels", "vision_tokens"))
