@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Creates .venv/ in the checkout and installs the project into it (idempotent, quick when done already).
-# On a machine without an NVIDIA GPU it installs the CPU build of PyTorch first; with a GPU, pip's
-# default torch (a CUDA build) is used. Override with TORCH_SPEC="torch==X.Y.Z".
+# Versions are pinned: every package comes at the exact version in requirements/lock.txt (docs/install.md says
+# how it is made and refreshed); CXR_LOCK= (empty) installs from pyproject.toml's ranges instead.
+# PyTorch is pinned here (not in the lock): torch==2.13.0, the CPU wheel on a machine without an NVIDIA GPU
+# (where one is on disk or on the index), pip's default CUDA build of the same version with one.
+# Override with TORCH_SPEC="torch==X.Y.Z".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+LOCK=${CXR_LOCK-requirements/lock.txt}
+key=$(cat pyproject.toml ${LOCK:+"$LOCK"} | sha1sum | cut -c1-12)
+stamp=.venv/.installed-$key
 if [ -f "$stamp" ]; then exit 0; fi
 python3 -m venv .venv
-if [ -z "${TORCH_SPEC:-}" ]; then
-  if command -v nvidia-smi >/dev/null 2>&1; then TORCH_SPEC="torch"; else TORCH_SPEC="torch==2.13.0"; fi
-fi
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+pins=()
+if [ -n "$LOCK" ]; then pins=(-c "$LOCK"); fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q "$TORCH_SPEC" 2> >(grep -v "is ignored" >&2)
-.venv/bin/python -m pip install -q -e ".[test]" 2> >(grep -v "is ignored" >&2)
+.venv/bin/python -m pip install -q "${pins[@]}" "$TORCH_SPEC" 2> >(grep -v "is ignored" >&2)
+.venv/bin/python -m pip install -q "${pins[@]}" -e ".[test]" 2> >(grep -v "is ignored" >&2)
 touch "$stamp"
