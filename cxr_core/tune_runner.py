@@ -205,13 +205,21 @@ def run_study(
     name: str | None = None,
     storage: str | None = None,
     verbose: int = 1,
+    mlflow: str | None = None,
 ):
     """Run every trial of ``study``; results go to ``{storage}/{name}`` (default ``ray_results/NAME``).
+
+    Every trial writes TensorBoard event files with flat hyperparameters (:mod:`cxr_core.tracking`); with
+    ``mlflow`` (a tracking URI, or ``""`` for the local store in the results folder) each trial is also an
+    MLflow run.
 
     Returns:
         Tune's ResultGrid.
     """
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from cxr_core.tracking import mlflow_callback, tensorboard_callback
 
     storage = storage or str(Path("ray_results").resolve())
     if "://" not in storage:
@@ -219,6 +227,13 @@ def run_study(
     name = name or study.name
     keep = max(int(arm.spec.get("keep_checkpoints", 1) or 1) for arm in study.arms)
     optuna = study.search.get("algorithm") == "optuna"
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), tensorboard_callback(study.metric, study.mode)]
+    if mlflow is not None:
+        if "://" in storage:
+            raise CxrError("--mlflow keeps its local store in the results folder: use a local --storage, or pass "
+                           "--mlflow URI of a tracking server")  # fmt: skip
+        local = Path(storage) / name
+        callbacks.append(mlflow_callback(mlflow or None, results=local, name=name, metric=study.metric))
     tuner = tune.Tuner(
         tune.with_resources(trainable, _resources),
         param_space={} if optuna else param_space(study),
@@ -236,6 +251,7 @@ def run_study(
             storage_path=storage,
             stop=study.stop or None,
             verbose=verbose,
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),
             checkpoint_config=tune.CheckpointConfig(

@@ -55,6 +55,14 @@ def main(argv=None) -> None:
     out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode, margin=args.margin,
                        n_boot=args.resamples)  # fmt: skip
     print(f"report written to {out} (summary.md)")
+    if "://" not in args.results:
+        from pathlib import Path
+
+        from cxr_core.tracking import log_report
+
+        run = log_report(Path(args.results), out)
+        if run:
+            print(f"report logged to MLflow as artifacts of the sweep's run {run}")
     import pandas as pd
 
     status = pd.read_csv(out / "trials.csv")["status"].fillna("UNKNOWN")

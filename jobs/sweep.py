@@ -35,6 +35,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-errored", action="store_true", help="with --resume: retry errored trials too")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
     p.add_argument("--quiet", action="store_true", help="less progress output")
+    p.add_argument(
+        "--mlflow",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="URI",
+        help="also log every trial as an MLflow run (default store: STORAGE/NAME/mlflow.db)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,7 +81,7 @@ def main(argv=None) -> None:
         if args.resume:
             grid = resume_study(target, retry_errored=args.retry_errored, verbose=verbose)
         else:
-            grid = run_study(study, name=name, storage=args.storage, verbose=verbose)
+            grid = run_study(study, name=name, storage=args.storage, verbose=verbose, mlflow=args.mlflow)
     except KeyboardInterrupt:
         stop_ray()  # Tune has saved the state; now no trial's log line can follow the hint
         print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
@@ -87,6 +95,7 @@ def main(argv=None) -> None:
         print(f"continue the unfinished trials with: {resume_hint}")
     if errors:
         print(f"retry the errored trials with: {resume_hint} --retry-errored")
+    print(f"curves and hyperparameters: tensorboard --logdir {grid.experiment_path}")
     print(f"next: python -m jobs.analyze {grid.experiment_path}")
 
 

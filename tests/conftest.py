@@ -85,17 +85,34 @@ arms:
 
 
 def two_arm_sweep(
-    small_data, tmp, *, name: str, max_train: int, max_val: int, seeds=None, objective=("label_f1_micro", "max")
+    small_data,
+    tmp,
+    *,
+    name: str,
+    max_train: int,
+    max_val: int,
+    seeds=None,
+    objective=("label_f1_micro", "max"),
+    sweep_args=(),
 ) -> Path:
     """Run (and analyse) a real tiny sweep: FFT at lr 1e-3 and LoRA r=4 on all linear layers, 2 epochs,
-    optionally repeated over ``seeds``; returns the experiment folder."""
+    optionally repeated over ``seeds``, ``sweep_args`` passed on to jobs.sweep; returns the experiment folder."""
     root, splits = small_data
     seed = f", seed: {{grid_search: {list(seeds)}}}" if seeds else ""
     space = tmp / "space.yaml"
     space.write_text(TWO_ARM_SPACE.format(name=name, splits=splits, root=root, max_train=max_train,
                                           max_val=max_val, seed=seed, metric=objective[0], mode=objective[1]))  # fmt: skip
     run_module(
-        "jobs.sweep", str(space), "--name", name, "--storage", str(tmp / "rr"), "--num-cpus", "2", "--quiet"
+        "jobs.sweep",
+        str(space),
+        "--name",
+        name,
+        "--storage",
+        str(tmp / "rr"),
+        "--num-cpus",
+        "2",
+        "--quiet",
+        *sweep_args,
     )
     run_module("jobs.analyze", str(tmp / "rr" / name))
     return tmp / "rr" / name

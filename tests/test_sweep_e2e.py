@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def sweep(small_data, tmp_path_factory):
-    path = two_arm_sweep(small_data, tmp_path_factory.mktemp("sweep"), name="e2e", max_train=48, max_val=24)
+    path = two_arm_sweep(small_data, tmp_path_factory.mktemp("sweep"), name="e2e", max_train=48, max_val=24,
+                         sweep_args=("--mlflow",))  # fmt: skip
     return path, small_data[1]
 
 
@@ -107,3 +108,69 @@ def test_the_sweeps_own_metric_travels_with_its_results(small_data, tmp_path):
     run_module("jobs.analyze", str(path), "--metric", "label_f1_micro", "--out", str(tmp_path / "byf1"))
     text = (tmp_path / "byf1" / "summary.md").read_text()
     assert "`label_f1_micro` (max; chosen with --metric, the sweep's own is val_loss)" in text
+
+
+def read_events(folder):
+    """Every event of a trial folder's TensorBoard files (TFRecord framing: length, crc, data, crc), parsed
+    with tensorboardX's own protobufs: (scalars {tag: [(step, value)]}, hparams {name: value})."""
+    import struct
+
+    from tensorboardX.proto import event_pb2, plugin_hparams_pb2
+
+    scalars, hparams = {}, {}
+    for file in sorted(folder.glob("events.out.tfevents.*")):
+        data, pos = file.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + n])
+            pos += 12 + n + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+                elif value.tag == "_hparams_/session_start_info":
+                    content = value.metadata.plugin_data.content
+                    info = plugin_hparams_pb2.HParamsPluginData.FromString(content).session_start_info
+                    for k, v in info.hparams.items():
+                        hparams[k] = getattr(v, v.WhichOneof("kind"))
+    return scalars, hparams
+
+
+def test_tensorboard_has_every_epoch_of_every_trial_and_flat_hparams(sweep):
+    path, _ = sweep
+    epochs = pd.read_csv(path / "report" / "epochs.csv")
+    folders = sorted(p for p in path.iterdir() if p.is_dir() and list(p.glob("events.out.tfevents.*")))
+    assert len(folders) == 2
+    for folder in folders:
+        scalars, hp = read_events(folder)
+        mine = epochs[epochs["trial_path"].astype(str).str.endswith(folder.name)].sort_values("epoch")
+        for metric in ("val_loss", "label_f1_micro"):
+            steps, values = zip(*scalars[f"ray/tune/{metric}"], strict=True)
+            assert list(steps) == [1, 2]
+            assert np.allclose(values, mine[metric], atol=1e-6)
+        assert {"arm", "method", "lr", "seed", "epochs", "batch_size"} <= set(hp)
+        assert not any("/" in k for k in hp)
+        assert hp["lr"] == pytest.approx(1e-3 if hp["method"] == "fft" else 5e-3)
+        if hp["method"] == "lora":
+            assert hp["r"] == 4 and hp["target_modules"] == "all_linear"
+
+
+def test_mlflow_has_a_run_per_trial_under_the_sweep_and_the_report(sweep):
+    from mlflow.tracking import MlflowClient
+
+    path, _ = sweep
+    info = json.loads((path / "mlflow.json").read_text())
+    client = MlflowClient(tracking_uri=info["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if r.info.run_id == info["parent_run_id"]]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == info["parent_run_id"]]
+    assert len(parent) == 1 and len(children) == 2 and len(runs) == 3
+    for run in children:
+        params = run.data.params
+        assert params["config/method"] == params["method"] and float(params["config/train/lr"]) == float(
+            params["lr"]
+        )
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert sorted(m.step for m in history) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(info["parent_run_id"], "report")}
+    assert "report/summary.md" in artifacts and "report/comparisons.csv" in artifacts
