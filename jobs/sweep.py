@@ -27,10 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of the defaults, e.g. --set train.epochs=2 (repeatable)")  # fmt: skip
-    p.add_argument("--dry-run", action="store_true", help="build every trial's model, train nothing, write "
-                   "trials_plan.csv (parameter counts, estimated memory)")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="check the data, build every trial's model, train "
+                   "nothing; print and write the plan (seeds, parameter counts, estimated memory)")  # fmt: skip
     p.add_argument("--model", help="with --dry-run: plan for this model instead (e.g. arch:git-base)")
-    p.add_argument("--plan-out", default="trials_plan.csv", help="with --dry-run: where the plan goes")
+    p.add_argument("--plan-out", help="with --dry-run: where the plan goes (default: STORAGE/plans/NAME.csv)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: retry errored trials too")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
@@ -53,13 +53,14 @@ def main(argv=None) -> None:
     from cxr_core.space import check_name, check_splits, load_study
 
     overrides = args.overrides + ([f"model={args.model}"] if args.model else [])
-    study = load_study(
-        args.space, overrides=overrides, check_paths=not args.dry_run
-    )  # validates every arm before Ray starts
+    study = load_study(args.space, overrides=overrides)  # validates every arm before Ray starts
     from cxr_core.tune_runner import init_ray, results_exist, resume_study, run_study, stop_ray, trial_statuses
 
     if args.dry_run:
-        return dry_run(study, out=args.plan_out)
+        check_splits(study)  # the same data checks as a real sweep
+        name = check_name(args.name) if args.name else study.name
+        local = args.storage if args.storage and "://" not in args.storage else "ray_results"
+        return dry_run(study, out=args.plan_out or str(Path(local) / "plans" / f"{name}.csv"))
     name = check_name(args.name) if args.name else study.name
     storage = args.storage or "ray_results"
     target = f"{storage.rstrip('/')}/{name}"
@@ -108,12 +109,13 @@ def dry_run(study, *, out: str) -> None:
     from cxr_core.prepare import atomic_write_csv
 
     try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_csv(table, Path(out))
     except OSError as exc:
         raise CxrError(
             f"cannot write the plan to {out} ({exc.strerror or exc}); pass --plan-out a writable file"
         ) from None
-    shown = table.drop(columns=["arm", "seed"])
+    shown = table.drop(columns=["arm"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"{len(table)} trials planned, nothing trained; plan written to {out}")
 
