@@ -283,10 +283,11 @@ def probe_cluster(address: str, *, timeout: float) -> str:
         return target
     if answer.get("error") == "AuthenticationError" or "InvalidAuthToken" in answer.get("text", ""):
         raise _auth_error(target)
+    detail = answer.get("text", "").strip().removeprefix("RPC error:").strip()
     raise CxrError(
-        f"--address {target} is not a Ray head: it speaks gRPC but not Ray's GCS ({answer.get('error')}: "
-        f"{answer.get('text', '').strip() or 'no details'}); pass the head's GCS address (`ray start --head` "
-        "prints it; default port 6379), not a worker's or another service's port"
+        f"--address {target} is not a Ray head: it speaks gRPC but does not serve Ray's GCS ({answer.get('error')}"
+        f"{': ' + detail if detail else ''}); pass the head's GCS address (`ray start --head` prints it; default "
+        "port 6379), not a worker's or another service's port"
     )
 
 

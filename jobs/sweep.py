@@ -90,8 +90,9 @@ def main(argv=None) -> None:
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard, timeout=timeout)
     faults.sigterm_as_interrupt()  # again: ray.init installs SIGTERM handlers of its own
     storage_args = ["--storage", args.storage] if args.storage else []
+    address_args = ["--address", args.address] if args.address else []
     resume_hint = shlex.join(
-        ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, "--resume"]
+        ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, *address_args, "--resume"]
     )
     verbose = 0 if args.quiet else 1
     try:

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from cxr_core.errors import CxrError
@@ -443,6 +444,40 @@ def test_disk_full_fails_the_trial_and_retry_errored_finishes(small_disk, small_
     assert hashes(storage / "full") == before  # no half-written report left
 
 
+def test_tune_files_cut_short_are_repaired_from_the_drivers_copy(tmp_path, monkeypatch):
+    """What a full storage leaves (Tune's state and a trial's result.json cut short) is put back at --resume from
+    the driver's own copies in Ray's session folder; without them, one line says what to do."""
+    from cxr_core.faults import repair_experiment_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))
+    stamp = "2026-01-02_03-04-05"
+    stage = tmp_path / "ray" / "session_1" / "artifacts" / stamp / "s" / "driver_artifacts"
+    exp = tmp_path / "rr" / "s"
+    whole = {
+        f"experiment_state-{stamp}.json": json.dumps({"trial_data": [["x" * 500]]}).encode(),
+        f"basic-variant-state-{stamp}.json": b"\x80\x05state",
+        "trial_1/result.json": b'{"epoch": 1}\n{"epoch": 2}\n',
+    }
+    for rel, data in whole.items():
+        for root in (stage, exp):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+    (exp / f"experiment_state-{stamp}.json").write_bytes(whole[f"experiment_state-{stamp}.json"][:100])
+    (exp / "trial_1" / "result.json").write_bytes(b'{"epoch": 1}\n')
+    (exp / "trial_1" / "checkpoint_000000").mkdir()  # the trial's own uploads: not the driver's, left alone
+    note = repair_experiment_state(str(exp))
+    assert note == (
+        f"repaired 2 file(s) of {exp} left cut short (experiment_state-{stamp}.json, trial_1/result.json) from the "
+        f"driver's copies in {stage}"
+    )
+    assert hashes(exp) == hashes(stage)
+    assert repair_experiment_state(str(exp)) is None  # nothing left to repair
+    shutil.rmtree(tmp_path / "ray")
+    (exp / f"experiment_state-{stamp}.json").write_bytes(b"{")
+    with pytest.raises(CxrError, match=rf"Tune's state experiment_state-{stamp}.json is cut short \(1 bytes"):
+        repair_experiment_state(str(exp))
+
+
 # ---------------------------------------------------- 6. SIGTERM, 5. a second driver, 3. a damaged checkpoint
 
 
@@ -459,15 +494,15 @@ def terminated(small_data, tmp_path_factory):
     rr, exp = tmp / "rr", tmp / "rr" / "term"
     cmd = [*SWEEP, str(space), "--name", "term", "--storage", str(rr), "--num-cpus", "2", "--quiet"]
 
-    def reported() -> list[dict]:
-        return [json.loads(x) for p in exp.glob("*/result.json") for x in p.read_text().splitlines()]
-
     with open(tmp / "out", "w") as out, open(tmp / "err", "w") as err:
         first = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err)
         deadline = time.time() + 300
-        while time.time() < deadline and len(reported()) < 2 and first.poll() is None:
+        # The trial uploads each epoch's checkpoint as it reports it (the storage's result.json comes later).
+        while time.time() < deadline and not list(exp.glob("*/checkpoint_000001/trial_state.json")):
+            assert first.poll() is None, (tmp / "err").read_text()[-3000:]
             time.sleep(0.05)
-        worker = reported()[-1]["pid"]
+        worker = next(p.pid for p in psutil.Process(first.pid).children(recursive=True)
+                      if "ImplicitFunc" in " ".join(p.cmdline()))  # fmt: skip
         for pid in (worker, first.pid):
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -509,6 +544,7 @@ def test_second_driver_on_the_same_sweep_is_refused(terminated):
 
 @pytest.mark.slow
 def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
+    from cxr_core.report_writer import write_report
     from cxr_core.tune_runner import results_frame
 
     resumed = terminated["resumed"]
@@ -521,6 +557,8 @@ def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
     epochs = results_frame(terminated["exp"])
     assert sorted(epochs["epoch"].astype(int)) == list(range(1, 13))  # each epoch once: the redone one replaces the old
     assert (epochs["status"] == "TERMINATED").all()
+    summary = (write_report(terminated["exp"], n_boot=100) / "summary.md").read_text()
+    assert summary.rstrip().endswith(f"- {line.strip()}") and "\n## Faults survived\n\n- " in summary
 
 
 # ------------------------------------------------------------ 1. authentication, 7. a worker node lost
@@ -584,7 +622,7 @@ def test_sweep_refuses_a_port_that_speaks_grpc_but_is_not_the_head(token_cluster
     cluster, _ = token_cluster
     raylet = f"{cluster.head_node.node_ip_address}:{cluster.head_node.node_manager_port}"
     proc = run([*SWEEP, str(space_file(tmp_path, small_data)), "--address", raylet])
-    assert_refused(proc, f"--address {raylet} is not a Ray head: it speaks gRPC but not Ray's GCS")
+    assert_refused(proc, f"--address {raylet} is not a Ray head: it speaks gRPC but does not serve Ray's GCS (RpcError)")
 
 
 @pytest.mark.slow
