@@ -229,6 +229,7 @@ def init_ray(
             watchdog.cancel()
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)  # a new instance, even if a cluster runs here
+    faults.sigterm_as_interrupt()  # again: ray.init installs SIGTERM handlers of its own
 
 
 def stop_ray() -> None:

@@ -88,7 +88,6 @@ def main(argv=None) -> None:
     if repaired:
         print(repaired)
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard, timeout=timeout)
-    faults.sigterm_as_interrupt()  # again: ray.init installs SIGTERM handlers of its own
     storage_args = ["--storage", args.storage] if args.storage else []
     address_args = ["--address", args.address] if args.address else []
     resume_hint = shlex.join(
