@@ -449,7 +449,8 @@ def repair_experiment_state(folder: str) -> str | None:
     (``artifacts/STAMP/NAME/driver_artifacts/``), then copies them over the storage's copies in place. A storage
     that fills up, or a driver killed mid-copy, leaves those cut short: ``Tuner.restore`` then fails on the
     state, or restores a trial with its first epochs missing. The driver's copies of the newest state's time stamp
-    are whole; every storage file shorter than its copy (or missing) is written again from it.
+    are whole; every storage file shorter than its copy (or missing) is written again from it. (After a driver
+    killed with SIGKILL this also uploads what it had not uploaded yet: results that are no less true.)
 
     Returns:
         What was repaired (one line), or None when nothing was cut short (or no copy is on this machine and the
@@ -505,7 +506,10 @@ def repair_experiment_state(folder: str) -> str | None:
     if not repaired:
         return None
     shown = ", ".join(repaired[:4]) + (f" and {len(repaired) - 4} more" if len(repaired) > 4 else "")
-    return f"repaired {len(repaired)} file(s) of {folder} left cut short ({shown}) from the driver's copies in {local}"
+    return (
+        f"repaired {len(repaired)} file(s) of {folder} cut short or not yet uploaded ({shown}) from the driver's "
+        f"copies in {local}"
+    )
 
 
 def _whole_json_at(fs, path: str) -> bool:

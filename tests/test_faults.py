@@ -212,13 +212,17 @@ def test_driver_lock_refuses_a_second_driver_and_dies_with_a_killed_one(tmp_path
     from cxr_core.driver_lock import acquire
 
     first = acquire(str(tmp_path), "s")
-    with pytest.raises(CxrError, match=rf"another driver is running the sweep {tmp_path}/s \(pid {os.getpid()} on"):
+    with pytest.raises(
+        CxrError, match=rf"another driver is running the sweep {tmp_path}/s \(pid {os.getpid()} on"
+    ):
         acquire(str(tmp_path), "s")
     first.release()
     assert not (tmp_path / ".s.driver-lock").exists()
     # A holder killed with SIGKILL (no clean-up at all) leaves the file but not the lock.
     code = "import sys, time; from cxr_core.driver_lock import acquire; acquire(sys.argv[1], 's'); print('held', flush=True); time.sleep(60)"
-    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(CxrError, match=rf"pid {holder.pid} on host"):
@@ -382,7 +386,10 @@ def test_a_full_disk_is_named_with_its_free_space(tmp_path):
             f.flush()
     text = str(caught.value)
     assert text.startswith("[Errno 28] no space left on device writing /dev/full (")
-    assert " MB free of " in text and "then continue the sweep with its command plus --resume --retry-errored" in text
+    assert (
+        " MB free of " in text
+        and "then continue the sweep with its command plus --resume --retry-errored" in text
+    )
     with pytest.raises(ValueError, match="not a disk"), naming_full_disk(tmp_path):
         raise ValueError("not a disk")  # other errors pass through unchanged
 
@@ -421,7 +428,9 @@ def test_disk_full_fails_the_trial_and_retry_errored_finishes(small_disk, small_
     proc = run(cmd)
     assert proc.returncode == 2, proc.stderr[-3000:]
     trial = next((storage / "full").glob("lora_*"))
-    assert f"DiskFull: [Errno 28] no space left on device writing {trial} (0.0 MB free of 12.0 MB)" in proc.stderr
+    assert (
+        f"DiskFull: [Errno 28] no space left on device writing {trial} (0.0 MB free of 12.0 MB)" in proc.stderr
+    )
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: storage {storage} is full (0.0 MB free of 12.0 MB)") and last.endswith(
         "then continue with the same command plus --resume --retry-errored"
@@ -467,8 +476,8 @@ def test_tune_files_cut_short_are_repaired_from_the_drivers_copy(tmp_path, monke
     (exp / "trial_1" / "checkpoint_000000").mkdir()  # the trial's own uploads: not the driver's, left alone
     note = repair_experiment_state(str(exp))
     assert note == (
-        f"repaired 2 file(s) of {exp} left cut short (experiment_state-{stamp}.json, trial_1/result.json) from the "
-        f"driver's copies in {stage}"
+        f"repaired 2 file(s) of {exp} cut short or not yet uploaded (experiment_state-{stamp}.json, "
+        f"trial_1/result.json) from the driver's copies in {stage}"
     )
     assert hashes(exp) == hashes(stage)
     assert repair_experiment_state(str(exp)) is None  # nothing left to repair
@@ -555,7 +564,9 @@ def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
     assert f"{terminated['restored']} is damaged (model/adapter_model.safetensors is truncated" in line
     assert "resumed from checkpoint_" in line and f"(epoch {terminated['last_epoch'] - 1})" in line
     epochs = results_frame(terminated["exp"])
-    assert sorted(epochs["epoch"].astype(int)) == list(range(1, 13))  # each epoch once: the redone one replaces the old
+    assert sorted(epochs["epoch"].astype(int)) == list(
+        range(1, 13)
+    )  # each epoch once: the redone one replaces the old
     assert (epochs["status"] == "TERMINATED").all()
     summary = (write_report(terminated["exp"], n_boot=100) / "summary.md").read_text()
     assert summary.rstrip().endswith(f"- {line.strip()}") and "\n## Faults survived\n\n- " in summary
@@ -622,7 +633,9 @@ def test_sweep_refuses_a_port_that_speaks_grpc_but_is_not_the_head(token_cluster
     cluster, _ = token_cluster
     raylet = f"{cluster.head_node.node_ip_address}:{cluster.head_node.node_manager_port}"
     proc = run([*SWEEP, str(space_file(tmp_path, small_data)), "--address", raylet])
-    assert_refused(proc, f"--address {raylet} is not a Ray head: it speaks gRPC but does not serve Ray's GCS (RpcError)")
+    assert_refused(
+        proc, f"--address {raylet} is not a Ray head: it speaks gRPC but does not serve Ray's GCS (RpcError)"
+    )
 
 
 @pytest.mark.slow
@@ -640,7 +653,9 @@ def test_worker_node_lost_mid_trial_is_retried_from_its_checkpoint(token_cluster
         while time.time() < deadline and first is None and driver.poll() is None:
             time.sleep(0.1)
             # The driver's own result.json (Ray's session folder) has each epoch at once; the storage's lags.
-            for result in Path(cluster.head_node.get_session_dir_path()).glob("artifacts/*/lost/*/*/result.json"):
+            for result in Path(cluster.head_node.get_session_dir_path()).glob(
+                "artifacts/*/lost/*/*/result.json"
+            ):
                 lines = result.read_text().splitlines()
                 if lines:
                     first = json.loads(lines[0])
