@@ -15,7 +15,10 @@ checkout)::
     .building-{key}-PID/  a build in progress (renamed to {key}/ when complete)
 
 The key hashes the image list (absolute paths, in order), the output size and the processor settings, so
-changing any of them builds a new entry. Concurrent first use is safe: the first process to take the lock
+changing any of them builds a new entry. Before an entry is used, its ``meta.json`` (format version, key, shape)
+and the header and exact size of ``pixels.npy`` are checked (a few hundred bytes read, no hash): an entry cut
+short (a full disk, a copy that stopped) or written by another version of the code is rebuilt, never read as
+garbage pixels (:func:`entry_problem`). Concurrent first use is safe: the first process to take the lock
 builds into a temporary folder and renames it into place; the others wait on the lock and then open the
 finished entry. A folder named ``{key}`` is only ever complete, so a half-written cache is never read; a
 build that died leaves a ``.building-*`` folder, removed by the next build of that key. The cache does not
@@ -226,13 +229,16 @@ def image_cache(
         ) from None
     key = cache_key(paths, spec)
     final = cache_dir / key
-    if (final / "meta.json").is_file():
+    if entry_problem(final, len(paths)) is None:
         return _open(final, built=False)
     with open(cache_dir / f"{key}.lock", "a+") as lock:
         _lock(lock, final)
         try:
-            if (final / "meta.json").is_file():
+            problem = entry_problem(final, len(paths))
+            if problem is None:
                 return _open(final, built=False)
+            if final.exists():
+                log.warning("image cache %s: %s; rebuilding it", final, problem)
             for stale in [*cache_dir.glob(f".building-{key}-*"), *([final] if final.exists() else [])]:
                 shutil.rmtree(stale, ignore_errors=True)  # a build that died, or an entry missing its meta
             _build([str(p) for p in paths], spec, final, workers=workers)
@@ -253,6 +259,43 @@ def _lock(handle, final: Path) -> None:
             f"cannot lock {handle.name} ({exc}); put data.cache_dir on node-local storage that supports locks"
         ) from None
     fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def entry_problem(folder: Path, n_images: int) -> str | None:
+    """Why the cache entry ``folder`` cannot be used (absent, unfinished, cut short, another version's), or None.
+
+    Reads ``meta.json`` and the ``.npy`` header only: the file must be exactly header + N x C x H x W bytes of
+    uint8 in the shape ``meta.json`` records, for ``n_images`` images.
+    """
+    meta_path, pixels = folder / "meta.json", folder / "pixels.npy"
+    if not meta_path.is_file():
+        return "no entry" if not folder.exists() else "meta.json is missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+        version, shape = meta.get("version"), [int(v) for v in meta["shape"]]
+    except (ValueError, KeyError, TypeError, OSError):
+        return "meta.json is damaged"
+    if version != CACHE_VERSION:
+        return f"written by cache format {version!r}, this code reads format {CACHE_VERSION}"
+    if meta.get("key") != folder.name or len(shape) != 4 or shape[0] != n_images:
+        return f"meta.json describes another entry (key {meta.get('key')!r}, shape {shape})"
+    try:
+        with open(pixels, "rb") as f:
+            major, minor = np.lib.format.read_magic(f)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            got_shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        size = pixels.stat().st_size
+    except (OSError, ValueError) as exc:
+        return f"pixels.npy is missing or its header is damaged ({exc})"
+    if list(got_shape) != shape or dtype != np.uint8 or fortran:
+        return f"pixels.npy holds {dtype} {list(got_shape)}, meta.json says uint8 {shape}"
+    want = offset + int(np.prod(shape))
+    if size != want:
+        return f"pixels.npy is {size} bytes, {want} expected (cut short or padded)"
+    return None
 
 
 def _open(folder: Path, *, built: bool) -> PixelCache:

@@ -192,7 +192,7 @@ def write_report(
     text = str(results)
     name = text.rstrip("/").rsplit("/", 1)[-1]
     out = Path(out) if out else default_out(text)
-    from cxr_core.tune_runner import load_results, resolve_objective
+    from cxr_core.tune_runner import fault_lines, load_results, resolve_objective
 
     grid = load_results(text)
     metric, mode, source = resolve_objective(grid, metric, mode)
@@ -261,6 +261,14 @@ def write_report(
             epochs=epochs,
             metric_source=source,
         )
+        survived = fault_lines(grid)  # retries after a failure, damaged checkpoints skipped at a resume
+        if survived:
+            summary = (
+                summary.rstrip("\n")
+                + "\n\n## Faults survived\n\n"
+                + "\n".join(f"- {x}" for x in survived)
+                + "\n"
+            )
         (tmp / "summary.md").write_text(summary)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ import torch
 from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
+from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
 from cxr_core.model import apply_method, load_model, load_processor, method_spec, parameter_counts
 from cxr_core.records import ImageRecords, image_records, records_name, save_records
@@ -311,11 +312,13 @@ def run_trial(
         metrics = {"epoch": epoch + 1, **train_epoch(s, epoch)}
         val, _, records = evaluate(s, s.val)
         if records_dir is not None:
-            save_records(records, Path(records_dir) / records_name("val", epoch + 1))
+            with naming_full_disk(records_dir):
+                save_records(records, Path(records_dir) / records_name("val", epoch + 1))
         metrics.update({k: v for k, v in val.items() if k != "per_label"})
         metrics.update({f"f1/{label}": v["f1"] for label, v in val["per_label"].items()})
         with tempfile.TemporaryDirectory(prefix="cxr-ckpt-") as tmp:
-            size = save_checkpoint(s, Path(tmp), epoch + 1)
+            with naming_full_disk(tmp):  # a full disk: the message names the path and its free space
+                size = save_checkpoint(s, Path(tmp), epoch + 1)
             metrics.update(
                 trainable_params=trainable,
                 total_params=total,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -114,22 +113,34 @@ def trainable(config: dict) -> None:
     import ray
     from ray import tune
 
+    from cxr_core import checkpoint_check, faults
     from cxr_core.trial import run_trial
 
     node_id = ray.get_runtime_context().get_node_id()
+    # The newest intact checkpoint: a damaged one (cut short by a kill or a full disk) is skipped, and said so.
+    resume, recovery = checkpoint_check.resume_folder(tune.get_checkpoint())
+    notes = {checkpoint_check.RECOVERY_KEY: recovery} if recovery else {}
 
     def report(metrics: dict, folder: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
-        tune.report({**metrics, "node_id": node_id}, checkpoint=checkpoint)
+        with faults.naming_full_disk(_trial_storage_path()):  # Tune uploads the checkpoint in here
+            tune.report({**metrics, "node_id": node_id, **notes}, checkpoint=checkpoint)
+        notes.clear()  # said once, with the first epoch after the resume
 
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        resume = Path(checkpoint.to_directory(tempfile.mkdtemp(prefix="cxr-resume-")))
     # Per-image validation records go to the trial's folder; Tune uploads it to the storage with every
     # checkpoint (SyncConfig(sync_artifacts=True) in run_study), so they sit beside result.json.
     records = Path(tune.get_context().get_trial_dir()) / RECORDS_DIR
     run_trial(config["arm"], report=report, resume_from=resume, records_dir=records)
+
+
+def _trial_storage_path() -> str:
+    """Where Tune stores this trial's results and checkpoints (on the storage; a local path or a bucket path)."""
+    from ray import tune
+
+    try:
+        return tune.get_context().get_storage().trial_fs_path
+    except (AttributeError, RuntimeError):  # pragma: no cover - a Tune without the storage context
+        return tune.get_context().get_trial_dir()
 
 
 def _resources(config: dict) -> dict:
@@ -161,9 +172,24 @@ def _scheduler(study: Study):
     return FIFOScheduler()
 
 
-def init_ray(*, address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
-    """Start a local Ray instance, or connect to a cluster (``auto`` or ``HOST:PORT``)."""
+def init_ray(
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    timeout: float | None = None,
+) -> None:
+    """Start a local Ray instance, or connect to a cluster (``auto`` or ``HOST:PORT``).
+
+    Joining a cluster is bounded by ``timeout`` seconds (default :func:`cxr_core.faults.connect_timeout`; the
+    cluster has been probed before, see :func:`cxr_core.faults.probe_cluster`), and a refusal is one line.
+
+    Raises:
+        CxrError: the cluster refused the connection.
+    """
     import ray
+
+    from cxr_core import faults
 
     if ray.is_initialized():
         return
@@ -187,9 +213,23 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None, dashboa
                 "`pip install 'ray[default]'`, or drop --dashboard"
             )
     if address:
-        ray.init(address=address, **{k: v for k, v in kwargs.items() if k == "log_to_driver"})
+        seconds = faults.connect_timeout(timeout)
+        watchdog = faults.watchdog(seconds, f"joining the Ray cluster at {address} did not finish within "
+                                   f"{seconds:g} s; check that the head and its nodes are healthy (`ray status` "
+                                   "on the head), or wait longer with --connect-timeout SECONDS")  # fmt: skip
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+            text = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise CxrError(
+                f"cannot join the Ray cluster at {address} ({type(exc).__name__}: {text}); check --address and "
+                f"that the driver's Ray version and RAY_AUTH_MODE match the cluster's ({faults.CLUSTER_DOCS})"
+            ) from None
+        finally:
+            watchdog.cancel()
     else:
         ray.init(address="local", num_cpus=num_cpus, **kwargs)  # a new instance, even if a cluster runs here
+    faults.sigterm_as_interrupt()  # again: ray.init installs SIGTERM handlers of its own
 
 
 def stop_ray() -> None:
@@ -217,9 +257,10 @@ def run_study(
         Tune's ResultGrid.
     """
     from ray import tune
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback
 
     from cxr_core.tracking import mlflow_callback, tensorboard_callback
+    from cxr_core.tune_logger import KeepNewestJsonLogger
 
     storage = storage or str(Path("ray_results").resolve())
     if "://" not in storage:
@@ -227,7 +268,8 @@ def run_study(
     name = name or study.name
     keep = max(int(arm.spec.get("keep_checkpoints", 1) or 1) for arm in study.arms)
     optuna = study.search.get("algorithm") == "optuna"
-    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), tensorboard_callback(study.metric, study.mode)]
+    # Tune's JSON logger drops results when it restarts a failed trial: KeepNewestJsonLogger does not.
+    callbacks = [KeepNewestJsonLogger(), CSVLoggerCallback(), tensorboard_callback(study.metric, study.mode)]
     if mlflow is not None:
         if "://" in storage:
             raise CxrError("--mlflow keeps its local store in the results folder: use a local --storage, or pass "
@@ -259,20 +301,36 @@ def run_study(
             ),
         ),
     )
-    return _fit(tuner)
+    return _fit(tuner, storage)
 
 
-def _fit(tuner):
+def _fit(tuner, storage: str):
     """``tuner.fit()``, with a Ctrl-C turned back into :class:`KeyboardInterrupt` once Tune has saved its state.
 
     Tune catches the first SIGINT itself, stops the trials, saves the experiment and returns normally; its
-    handler then puts back the one it replaced, which is how the interruption is seen here.
+    handler then puts back the one it replaced, which is how the interruption is seen here. When the sweep's
+    ``storage`` filled up, Tune's own bookkeeping fails too (an empty error file it cannot read back): that
+    ends in one line saying so.
+
+    Raises:
+        CxrError: the storage is full.
     """
+    from cxr_core import faults
+
     watching = threading.current_thread() is threading.main_thread() and not int(
         os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0")
     )
     before = signal.getsignal(signal.SIGINT) if watching else None
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()
+    except Exception:
+        if not faults.nearly_full(storage):
+            raise
+        raise CxrError(
+            f"storage {storage} is full ({faults.free_space_text(storage)}): the sweep stopped with the state it "
+            "saved last, earlier checkpoints intact; free space there, then continue with the same command plus "
+            "--resume --retry-errored"
+        ) from None
     if watching and signal.getsignal(signal.SIGINT) is before:
         raise KeyboardInterrupt("the sweep was interrupted; its state is saved")
     return grid
@@ -377,7 +435,7 @@ def resume_study(path: str, *, retry_errored: bool = False, verbose: int = 1):
         resume_errored=retry_errored,
         restart_errored=False,
     )
-    return _fit(tuner)
+    return _fit(tuner, path)
 
 
 def load_results(path: str | Path):
@@ -441,6 +499,41 @@ def trial_statuses(grid) -> dict[str, str]:
     return {Path(t.path).name: t.status for t in trials if getattr(t, "path", None)}
 
 
+def trial_faults(grid) -> list[dict]:
+    """The faults each trial survived: ``[{trial, failures, recoveries}]`` for every trial that Tune retried
+    after a failure (``failures``: how many times; ``max_failures`` in the search space) or that skipped a
+    damaged checkpoint at a resume (``recoveries``: the notes of :mod:`cxr_core.checkpoint_check`).
+    """
+    from cxr_core.checkpoint_check import RECOVERY_KEY
+
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []
+    failures = {
+        Path(t.path).name: int(getattr(t, "num_failures", 0) or 0) for t in trials if getattr(t, "path", None)
+    }
+    notes: dict[str, list[str]] = {}
+    for result in grid:
+        history = result.metrics_dataframe
+        if result.path and history is not None and RECOVERY_KEY in history:
+            notes[Path(result.path).name] = [str(n) for n in history[RECOVERY_KEY].dropna() if str(n)]
+    names = sorted(set(failures) | set(notes))
+    return [
+        {"trial": n, "failures": failures.get(n, 0), "recoveries": notes.get(n, [])}
+        for n in names
+        if failures.get(n, 0) or notes.get(n)
+    ]
+
+
+def fault_lines(grid) -> list[str]:
+    """One line per fault survived (:func:`trial_faults`), for the sweep's last words and the report."""
+    lines = []
+    for f in trial_faults(grid):
+        if f["failures"]:
+            times = "once" if f["failures"] == 1 else f"{f['failures']} times"
+            lines.append(f"{f['trial']}: failed {times} and was retried from its last checkpoint")
+        lines += [f"{f['trial']}: {note}" for note in f["recoveries"]]
+    return lines
+
+
 def _flatten(prefix: str, node, out: dict) -> None:
     if isinstance(node, dict):
         for k, v in node.items():
@@ -482,6 +575,10 @@ def results_frame(path: str | Path, *, grid=None):
         if history is None or history.empty:
             rows.append(base)
             continue
+        if (
+            "epoch" in history
+        ):  # a resume past a damaged checkpoint reports epochs again: the later report stands
+            history = history.drop_duplicates("epoch", keep="last")
         for rec in history.to_dict("records"):
             rows.append({**base, **{k: v for k, v in rec.items() if not k.startswith("config/")}})
     return pd.DataFrame(rows)

@@ -26,18 +26,27 @@ def add_objective_args(p) -> None:
 
 
 def main_guard(fn):
-    """Wrap ``main``: a :class:`CxrError` prints ``error: MESSAGE`` on stderr and exits 2; Ctrl-C exits 130."""
+    """Wrap ``main``: a :class:`CxrError` prints ``error: MESSAGE`` on stderr and exits 2; Ctrl-C exits 130, and
+    SIGTERM, which behaves like Ctrl-C (:func:`cxr_core.faults.sigterm_as_interrupt`), exits 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from cxr_core import faults
         from cxr_core.errors import CxrError
 
+        faults.sigterm_as_interrupt()
         try:
             return fn(*args, **kwargs)
         except CxrError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            if getattr(exc, "exit_now", False):  # a thread is stuck in a library that would block the exit
+                sys.stdout.flush()
+                os._exit(2)
             sys.exit(2)
         except KeyboardInterrupt:
+            if faults.terminated():
+                print("terminated (SIGTERM)", file=sys.stderr)
+                sys.exit(faults.SIGTERM_EXIT)
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 

@@ -45,15 +45,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 @main_guard
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from cxr_core import faults
     from cxr_core.errors import CxrError
-    from cxr_core.report_writer import write_report
+    from cxr_core.report_writer import default_out, write_report
 
     if not args.margin >= 0:
         raise CxrError(f"--margin must be >= 0, got {args.margin}")
     if args.resamples < 100:
         raise CxrError(f"--resamples must be at least 100 for 95% percentile intervals, got {args.resamples}")
-    out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode, margin=args.margin,
-                       n_boot=args.resamples)  # fmt: skip
+    try:
+        out = write_report(args.results, out=args.out, metric=args.metric, mode=args.mode, margin=args.margin,
+                           n_boot=args.resamples)  # fmt: skip
+    except Exception as exc:
+        target = args.out or default_out(args.results)
+        if not faults.is_disk_full(exc, target):
+            raise
+        raise CxrError(
+            f"no space left on device writing the report to {target} ({faults.free_space_text(target)}); the "
+            "previous report, if any, is intact: free space there (or pass --out another folder), then run the "
+            "command again"
+        ) from None
     print(f"report written to {out} (summary.md)")
     if "://" not in args.results:
         from pathlib import Path

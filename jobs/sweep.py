@@ -34,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep STORAGE/NAME")
     p.add_argument("--retry-errored", action="store_true", help="with --resume: retry errored trials too")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard, bound to 127.0.0.1")
+    p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="how long to wait for the cluster "
+                   "(--address) and the storage (--storage) to answer before giving up (default "
+                   "$CXR_CONNECT_TIMEOUT, else 20)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="less progress output")
     p.add_argument(
         "--mlflow",
@@ -49,12 +52,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 @main_guard
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from cxr_core import driver_lock, faults
     from cxr_core.errors import CxrError
+
+    timeout = faults.connect_timeout(args.connect_timeout)
+    storage = args.storage or "ray_results"
+    if not args.dry_run:  # first, and before the heavy imports: an unreachable cluster or storage fails at once
+        if args.address:
+            faults.probe_cluster(args.address, timeout=timeout)
+        faults.probe_storage(storage, timeout=timeout)  # a write and a delete, bounded, leaving nothing
     from cxr_core.space import check_name, check_splits, load_study
 
     overrides = args.overrides + ([f"model={args.model}"] if args.model else [])
     study = load_study(args.space, overrides=overrides)  # validates every arm before Ray starts
-    from cxr_core.tune_runner import init_ray, results_exist, resume_study, run_study, stop_ray, trial_statuses
+    from cxr_core.tune_runner import (
+        fault_lines,
+        init_ray,
+        results_exist,
+        resume_study,
+        run_study,
+        stop_ray,
+        trial_statuses,
+    )
 
     if args.dry_run:
         check_splits(study)  # the same data checks as a real sweep
@@ -62,20 +81,26 @@ def main(argv=None) -> None:
         local = args.storage if args.storage and "://" not in args.storage else "ray_results"
         return dry_run(study, out=args.plan_out or str(Path(local) / "plans" / f"{name}.csv"))
     name = check_name(args.name) if args.name else study.name
-    storage = args.storage or "ray_results"
     target = f"{storage.rstrip('/')}/{name}"
-    exists = results_exist(target)  # a storage URI with no filesystem installed fails here, before Ray starts
     if not args.resume:
         check_splits(study)  # split CSVs readable, image paths inside the image root
-    if exists and not args.resume:
+    if args.resume and not results_exist(target):
+        raise CxrError(f"--resume: {target} does not exist; check --name and --storage")
+    # One driver per sweep, taken before the checks below so that a second driver is refused whatever the first
+    # is doing; released when this process ends, however it ends.
+    lock = driver_lock.acquire(storage, name)
+    if not args.resume and results_exist(target):
+        lock.release()
         raise CxrError(f"{target} exists already; pass --resume to continue it, or pick another --name "
                        "(earlier results are never overwritten)")  # fmt: skip
-    if args.resume and not exists:
-        raise CxrError(f"--resume: {target} does not exist; check --name and --storage")
-    init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard)
+    repaired = faults.repair_experiment_state(target) if args.resume else None  # cut short by a full disk?
+    if repaired:
+        print(repaired)
+    init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard, timeout=timeout)
     storage_args = ["--storage", args.storage] if args.storage else []
+    address_args = ["--address", args.address] if args.address else []
     resume_hint = shlex.join(
-        ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, "--resume"]
+        ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, *address_args, "--resume"]
     )
     verbose = 0 if args.quiet else 1
     try:
@@ -85,13 +110,21 @@ def main(argv=None) -> None:
             grid = run_study(study, name=name, storage=args.storage, verbose=verbose, mlflow=args.mlflow)
     except KeyboardInterrupt:
         stop_ray()  # Tune has saved the state; now no trial's log line can follow the hint
+        lock.release()
+        if faults.terminated():
+            print(f"terminated (SIGTERM); continue with: {resume_hint}", file=sys.stderr)
+            sys.exit(faults.SIGTERM_EXIT)
         print(f"interrupted; continue with: {resume_hint}", file=sys.stderr)
         sys.exit(130)
+    lock.release()
     statuses = list(trial_statuses(grid).values())
     errors = statuses.count("ERROR")
     unfinished = len(statuses) - errors - statuses.count("TERMINATED")
     print(f"sweep finished: {len(grid)} trials, {errors} errored, {unfinished} unfinished; "
           f"results in {grid.experiment_path}")  # fmt: skip
+    survived = fault_lines(grid)
+    if survived:
+        print(f"faults survived ({len(survived)}):", *survived, sep="\n  ")
     if unfinished:
         print(f"continue the unfinished trials with: {resume_hint}")
     if errors:

@@ -173,7 +173,7 @@ SWEEP_ROWS = [
         "storage_without_filesystem",
         None,
         ["--storage", "az://container/results"],
-        ["storage az://container/results/t: no filesystem for az:// is installed", "local or NFS path"],
+        ["storage az://container/results: no filesystem for az:// is installed", "local or NFS path"],
     ),
     ("csv_path_escapes_root", None, ["ESCAPE"], ["image path '../../../../etc/passwd' leaves the image root"]),
     ("results_name_exists", None, ["--name", "old"], ["old exists already; pass --resume to continue it"]),
