@@ -1,7 +1,7 @@
 """Orchestration: the only module that imports Ray. A validated :class:`Study` -> a Ray Tune run.
 
 The param space holds one grid over the arms (each arm repeated ``num_samples`` times); Tune resolves the
-distributions nested inside each arm, so FFT and LoRA each get their own ranges. Resources are per arm.
+distributions nested inside each arm, so each method gets its own ranges. Resources are per arm.
 """
 
 from __future__ import annotations
@@ -138,10 +138,12 @@ def _resources(config: dict) -> dict:
 
 
 def _trial_dirname(trial) -> str:
+    """``ARM_TAG_ID``: the arm's name, its method's tag (``lora-text``: method and preset) and the trial id."""
+    from cxr_core import methods
+
     arm = trial.config.get("arm", {})
-    method = arm.get("method", "trial")
-    preset = arm.get("lora", {}).get("target_modules") if method == "lora" else None
-    tag = f"{method}-{preset}" if isinstance(preset, str) else method
+    method = methods.find(arm.get("method"))
+    tag = method.tag(method.from_arm(arm)) if method is not None else "trial"
     return f"{arm.get('name', 'arm')}_{tag}_{trial.trial_id}"
 
 

@@ -59,18 +59,24 @@ def _data(per_label: int) -> None:
 
 
 def _answer(report: Path, metric: str) -> list[str]:
-    """The study's answer in a few lines: the paired LoRA-vs-FFT verdicts (test, then validation) on the
-    study's metric, LoRA's share of FFT's quality and its cost (measured here and planned at git-base)."""
+    """The study's answer in a few lines: the paired verdicts of each method's best against FFT's (test, then
+    validation) on the study's metric, each method's share of FFT's quality and its cost (measured here and
+    planned at git-base)."""
     import pandas as pd
+
+    from cxr_core import comparison, methods
 
     lines = []
     comparisons = pd.read_csv(report / "comparisons.csv")
-    main = comparisons[(comparisons["kind"] == "lora_vs_fft") & (comparisons["metric"] == metric)]
+    main = comparisons[
+        comparisons["kind"].isin(comparison.reference_kinds()) & (comparisons["metric"] == metric)
+    ]
     for split in ("test", "val"):
         lines += main[main["split"] == split]["sentence"].tolist()
     text = (report / "summary.md").read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
+    starts = tuple(f"- The best {m.title} configuration" for m in methods.compared()) + ("- Planned at",)
     for line in text.splitlines():
-        if line.startswith(("- The best LoRA configuration", "- Planned at")):
+        if line.startswith(starts):
             lines.append(line[2:].split(" For what the methods cost")[0])
     return lines
 

@@ -357,12 +357,12 @@ def test_single_method_sweep_says_the_comparison_is_missing(tmp_path, full):
     only_fft = full[full["config/method"] == "fft"]
     table, configs = tables(only_fft)
     text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
-    assert "Only fft has results: the FFT-vs-LoRA comparison cannot be made from this sweep." in text
-    assert "- no lora trial in this sweep: the comparison is one-sided" in text
+    assert "Only fft has results: no comparison between methods can be made from this sweep." in text
+    assert "- no trial of another method in this sweep: the comparison with fft is one-sided" in text
     drawn = plots.draw_all(
         analysis.with_config_ids(only_fft, configs), configs, tmp_path, metric=METRIC, mode="max"
     )
-    assert drawn["per_label_f1.png"] == "not drawn: needs both methods; results have fft"
+    assert drawn["per_label_f1.png"] == "not drawn: needs FFT and another method; results have fft"
     assert drawn["lora_rank_alpha_heatmap.png"].startswith("not drawn: no LoRA configuration")
     assert (tmp_path / "metric_vs_lr.png").is_file() and not (tmp_path / "per_label_f1.png").exists()
 

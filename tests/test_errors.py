@@ -606,7 +606,7 @@ def test_no_code_is_loaded_from_input():
     from cxr_core import space
 
     assert issubclass(space._Loader, yaml.SafeLoader)
-    for path in [*REPO.glob("cxr_core/*.py"), *REPO.glob("jobs/*.py"), *REPO.glob("bench/*.py")]:
+    for path in [*REPO.glob("cxr_core/**/*.py"), *REPO.glob("jobs/*.py"), *REPO.glob("bench/*.py")]:
         text = path.read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, (path, call)

@@ -2,8 +2,9 @@
 
 import pytest
 
+from cxr_core import methods
 from cxr_core.errors import CxrError
-from cxr_core.model import MethodSpec, apply_method, load_model, parameter_counts, resolve_targets
+from cxr_core.model import load_model, parameter_counts, resolve_targets
 
 H, MLP = 768, 3072  # git-base: ViT-B/16 and BERT-base decoder share these widths
 
@@ -34,7 +35,7 @@ def test_git_base_size(git_base):
      ("attention", 18 * 4 * lora(H, H)), ("mlp", 18 * (lora(H, MLP) + lora(MLP, H)))],
 )  # fmt: skip
 def test_lora_trainable_params_exact(preset, expected):
-    model = apply_method(load_model("arch:git-base"), MethodSpec(method="lora", r=8, alpha=16, targets=preset))
+    model = methods.wrap(load_model("arch:git-base"), "lora", {"r": 8, "alpha": 16, "target_modules": preset})
     trainable, total = parameter_counts(model)
     assert trainable == expected
     assert total == 176_619_066 + expected

@@ -1,0 +1,106 @@
+"""The method registry (cxr_core.methods): every module asks it, so a method is chosen by name only, its settings
+describe its own rows and labels, and the dry-run plan fills each method's columns on its own rows only."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from cxr_core import methods
+from cxr_core.config import trial_config
+from cxr_core.errors import CxrError
+from cxr_core.plan import PLAN_COLUMNS, plan_table
+from cxr_core.tune_runner import _trial_dirname
+
+H, MLP = 768, 3072  # git-base: ViT-B/16 and BERT-base decoder share these widths
+TOTAL = 176_619_066  # git-base, every parameter (tests/test_model.py)
+# The vision tower (CLIP ViT-B/16 at 224 px): patch conv (no bias), class and 197 position embeddings, pre and post
+# layer norms, 12 layers of 4 attention projections, MLP up and down and 2 layer norms.
+VISION_LAYER = 4 * (H * H + H) + (H * MLP + MLP) + (MLP * H + H) + 2 * 2 * H
+VISION_TOWER = 3 * 16 * 16 * H + H + 197 * H + 2 * 2 * H + 12 * VISION_LAYER
+
+
+def lora(d_in, d_out, r):
+    return r * (d_in + d_out)
+
+
+def test_registry_order_reference_and_names():
+    assert methods.names()[:2] == ("fft", "lora")
+    assert methods.reference().name == "fft" and methods.reference().adapter is False
+    assert all(not m.reference and m.adapter for m in methods.compared())
+    assert methods.get("lora").title == "LoRA"
+    with pytest.raises(CxrError, match=r"unknown method 'sgd'; use one of fft, lora"):
+        methods.get("sgd")
+    assert methods.find("sgd") is None and methods.find(float("nan")) is None
+
+
+@pytest.mark.parametrize("name", ["cxr_core.methods.lora.Lora", "peft.LoraConfig", "LoRA"])
+def test_a_method_is_chosen_by_its_registered_name_only(name):
+    """The YAML stays closed: a class path or a differently spelled name is refused, never imported."""
+    with pytest.raises(CxrError) as err:
+        trial_config({"method": name})
+    assert f"`method` must be one of {', '.join(methods.names())}, got {name!r}" == str(err.value)
+
+
+def test_each_section_is_checked_only_for_its_own_method():
+    with pytest.raises(CxrError, match=r"`lora.bias` must be one of none, all, lora_only, got 'some'"):
+        trial_config({"method": "lora", "lora": {"bias": "some"}})
+    with pytest.raises(CxrError, match=r"`fft.freeze` must be one of none, vision, text, got 'both'"):
+        trial_config({"method": "fft", "fft": {"freeze": "both"}})
+    # Another method's section is parsed (types) but not the trial's: an FFT trial ignores LoRA's settings.
+    assert trial_config({"method": "fft", "lora": {"r": 0}}).method_settings.freeze == "none"
+
+
+def test_rows_are_described_by_their_own_method():
+    lora_row = pd.Series({"config/method": "lora", "config/lora/r": 16.0, "config/lora/alpha": math.nan,
+                          "config/lora/target_modules": "text", "config/fft/freeze": "vision"})  # fmt: skip
+    fft_row = pd.Series({"config/method": "fft", "config/lora/r": 16.0, "config/fft/freeze": math.nan})
+    assert methods.variant_of_row(lora_row) == "lora:text" and methods.variant_of_row(fft_row) == "fft"
+    lo = methods.get("lora")
+    settings = lo.from_row(lora_row)
+    assert settings["alpha"] is None and settings["bias"] == "none"  # NaN and missing keys: the defaults
+    assert lo.label_parts(settings) == ["r=16", "a=32"]  # alpha as trained: 2r
+    assert lo.describe_parts(settings) == ["text", "r=16", "alpha=32"]
+    assert methods.get("fft").describe_parts(methods.get("fft").from_row(fft_row)) == []
+    assert methods.display("lora:text r=16 a=32 lr=0.005") == "LoRA text r=16 a=32 lr=0.005"
+    assert methods.display("fft lr=0.001") == "FFT lr=0.001" and methods.display("lora") == "LoRA"
+    assert methods.color("lora:text") == "tab:green" and methods.color("fft") == "tab:red"
+    assert methods.color("lora:query,value") == methods.get("lora").color  # a module list: the method's colour
+    assert methods.kind(methods.get("lora"), methods.reference()) == "lora_vs_fft"
+    assert [(a.name, b.name) for a, b in methods.pairs(["lora", "fft"])] == [("lora", "fft")]
+
+
+@pytest.mark.parametrize(
+    ("arm", "folder"),
+    [
+        ({"name": "a", "method": "lora", "lora": {"target_modules": "text"}}, "a_lora-text_t1"),
+        ({"name": "a", "method": "lora", "lora": {"target_modules": ["query", "value"]}}, "a_lora_t1"),
+        ({"name": "a", "method": "lora"}, "a_lora-all_linear_t1"),  # the default preset is what trained
+        ({"name": "b", "method": "fft", "lora": {"target_modules": "text"}}, "b_fft_t1"),
+    ],
+)
+def test_trial_folder_names_come_from_the_trials_method(arm, folder):
+    assert _trial_dirname(SimpleNamespace(config={"arm": arm}, trial_id="t1")) == folder
+
+
+def test_plan_fills_each_methods_columns_on_its_own_rows_with_exact_counts():
+    """FFT with the vision tower frozen and LoRA r=8 on the text decoder at git-base: FFT's `freeze` is blank on the
+    LoRA row, LoRA's settings are blank on the FFT row, and the counts follow from the layer shapes."""
+    configs = [
+        {"name": "fft", "method": "fft", "fft": {"freeze": "vision"}, "lora": {"r": 4, "target_modules": "all_linear"}},
+        {"name": "lora", "method": "lora", "fft": {"freeze": "vision"}, "lora": {"r": 8, "target_modules": "text"}},
+    ]  # fmt: skip
+    plan = plan_table(configs, model="arch:git-base")
+    assert list(plan.columns) == list(PLAN_COLUMNS)
+    fft, lo = plan.iloc[0], plan.iloc[1]
+    assert (fft["freeze"], fft["target_modules"], math.isnan(fft["r"]), math.isnan(fft["lora_alpha"])) == (
+        "vision", "", True, True,
+    )  # fmt: skip
+    assert (lo["freeze"], lo["target_modules"], lo["r"], lo["lora_alpha"]) == ("", "text", 8, 16)
+    text_lora = 6 * (4 * lora(H, H, 8) + lora(H, MLP, 8) + lora(MLP, H, 8))
+    assert (fft["trainable_params"], fft["total_params"]) == (TOTAL - VISION_TOWER, TOTAL)
+    assert (lo["trainable_params"], lo["total_params"]) == (text_lora, TOTAL + text_lora)
+    assert fft["trainable_params"] == 90_819_642 and lo["trainable_params"] == 663_552  # docs/benchmarks.md
