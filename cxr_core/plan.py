@@ -56,7 +56,7 @@ def plan_table(configs: list[dict], *, model: str | None = None) -> pd.DataFrame
             }
         )
     table = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
-    for col in methods.plan_columns():  # text columns: blank, not None, on the other methods' rows
-        if not pd.api.types.is_numeric_dtype(table[col]):
+    for col in methods.plan_columns():  # text columns (and a column no row fills): blank on the other rows
+        if not pd.api.types.is_numeric_dtype(table[col]) or table[col].isna().all():
             table[col] = table[col].fillna("")
     return table

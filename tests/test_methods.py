@@ -23,6 +23,13 @@ VISION_LAYER = 4 * (H * H + H) + (H * MLP + MLP) + (MLP * H + H) + 2 * 2 * H
 VISION_TOWER = 3 * 16 * 16 * H + H + 197 * H + 2 * 2 * H + 12 * VISION_LAYER
 
 
+def test_a_plan_column_no_row_fills_is_blank():
+    """A sweep of LoRA arms only: FFT's `freeze` is blank on every row (not NaN), LoRA's own columns are filled."""
+    plan = plan_table([{"name": "l", "method": "lora", "lora": {"r": 2, "target_modules": "text"}}])
+    row = plan.iloc[0]
+    assert (row["freeze"], row["target_modules"], row["r"], row["lora_alpha"]) == ("", "text", 2, 4)
+
+
 def lora(d_in, d_out, r):
     return r * (d_in + d_out)
 
