@@ -1,4 +1,4 @@
-"""A saved checkpoint reloads into the same predictions: LoRA as a PEFT adapter, FFT as a full model."""
+"""A saved checkpoint reloads into the same predictions: LoRA and IA3 as PEFT adapters, FFT as a full model."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from cxr_core.dataset import batches
 from cxr_core.trial import MemoryMeter, load_checkpoint_model, save_checkpoint, setup, train_epoch
 
 
-@pytest.mark.parametrize("method", ["lora", "fft"])
+@pytest.mark.parametrize("method", ["lora", "fft", "ia3"])
 def test_checkpoint_reloads_into_the_same_predictions(method, small_data, tmp_path):
     root, splits = small_data
     cfg = trial_config({
@@ -16,13 +16,13 @@ def test_checkpoint_reloads_into_the_same_predictions(method, small_data, tmp_pa
         "data": {"split_dir": str(splits), "image_root": str(root), "max_train": 32, "max_val": 8,
                  "cache_dir": "none"},
         "train": {"epochs": 1, "lr": 5e-3, "num_threads": 1},
-        "lora": {"r": 4, "target_modules": "all_linear"},
+        "lora": {"r": 4, "target_modules": "all_linear"}, "ia3": {"target_modules": "all"},
     })  # fmt: skip
     s = setup(cfg, meter=MemoryMeter(torch.device("cpu")))
     train_epoch(s, 0)  # weights move away from the base model, so a lost adapter would show
     save_checkpoint(s, tmp_path, epoch=1)
     assert (
-        tmp_path / "model" / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")
+        tmp_path / "model" / ("model.safetensors" if method == "fft" else "adapter_model.safetensors")
     ).is_file()
     reloaded = load_checkpoint_model(cfg, tmp_path)
     batch = next(batches(s.val, batch_size=8, pad_id=s.pad_id))

@@ -35,11 +35,11 @@ def lora(d_in, d_out, r):
 
 
 def test_registry_order_reference_and_names():
-    assert methods.names()[:2] == ("fft", "lora")
+    assert methods.names() == ("fft", "lora", "ia3")
     assert methods.reference().name == "fft" and methods.reference().adapter is False
     assert all(not m.reference and m.adapter for m in methods.compared())
     assert methods.get("lora").title == "LoRA"
-    with pytest.raises(CxrError, match=r"unknown method 'sgd'; use one of fft, lora"):
+    with pytest.raises(CxrError, match=r"unknown method 'sgd'; use one of fft, lora, ia3$"):
         methods.get("sgd")
     assert methods.find("sgd") is None and methods.find(float("nan")) is None
 
@@ -78,6 +78,17 @@ def test_rows_are_described_by_their_own_method():
     assert methods.color("lora:query,value") == methods.get("lora").color  # a module list: the method's colour
     assert methods.kind(methods.get("lora"), methods.reference()) == "lora_vs_fft"
     assert [(a.name, b.name) for a, b in methods.pairs(["lora", "fft"])] == [("lora", "fft")]
+    ia3_row = pd.Series({"config/method": "ia3", "config/ia3/target_modules": "text", "config/lora/r": 4.0})
+    ia3 = methods.get("ia3")
+    assert methods.variant_of_row(ia3_row) == "ia3:text"
+    assert ia3.describe_parts(ia3.from_row(ia3_row)) == ["text"]
+    assert ia3.label_parts(ia3.from_row(ia3_row)) == []  # no rank: LoRA's r on the row is not IA3's
+    assert methods.display("ia3:text lr=0.03") == "IA3 text lr=0.03" and methods.color("ia3:text") == "tab:cyan"
+    assert len({methods.color(v) for v in ("fft", "lora:text", "ia3:text", "ia3:all")}) == 4
+    # Every method vs FFT, then IA3 (registered later) vs LoRA.
+    pairs = [methods.kind(a, b) for a, b in methods.pairs(["ia3", "fft", "lora"])]
+    assert pairs == ["lora_vs_fft", "ia3_vs_fft", "ia3_vs_lora"]
+    assert [methods.kind(a, b) for a, b in methods.pairs(["ia3", "lora"])] == ["ia3_vs_lora"]
 
 
 @pytest.mark.parametrize(
@@ -87,6 +98,7 @@ def test_rows_are_described_by_their_own_method():
         ({"name": "a", "method": "lora", "lora": {"target_modules": ["query", "value"]}}, "a_lora_t1"),
         ({"name": "a", "method": "lora"}, "a_lora-all_linear_t1"),  # the default preset is what trained
         ({"name": "b", "method": "fft", "lora": {"target_modules": "text"}}, "b_fft_t1"),
+        ({"name": "c", "method": "ia3", "lora": {"target_modules": "text"}}, "c_ia3-all_t1"),
     ],
 )
 def test_trial_folder_names_come_from_the_trials_method(arm, folder):
@@ -111,3 +123,20 @@ def test_plan_fills_each_methods_columns_on_its_own_rows_with_exact_counts():
     assert (fft["trainable_params"], fft["total_params"]) == (TOTAL - VISION_TOWER, TOTAL)
     assert (lo["trainable_params"], lo["total_params"]) == (text_lora, TOTAL + text_lora)
     assert fft["trainable_params"] == 90_819_642 and lo["trainable_params"] == 663_552  # docs/benchmarks.md
+
+
+def test_plan_rows_of_ia3_show_its_preset_only():
+    configs = [
+        {"name": "ia3", "method": "ia3", "ia3": {"target_modules": "vision"}, "fft": {"freeze": "text"}},
+        {"name": "ia3l", "method": "ia3", "ia3": {"target_modules": ["key", "value"]}, "lora": {"r": 4}},
+    ]
+    plan = plan_table(configs, model="arch:git-base")
+    vision, listed = plan.iloc[0], plan.iloc[1]
+    assert (vision["target_modules"], vision["freeze"], vision["r"], vision["lora_alpha"]) == (
+        "vision",
+        *[""] * 3,
+    )
+    assert (listed["target_modules"], listed["freeze"], listed["r"]) == ("key,value", "", "")
+    # per layer: key and value outputs (H each) and the feed-forward down projection's input (MLP)
+    assert vision["trainable_params"] == 12 * (H + H + MLP) == 55_296
+    assert listed["trainable_params"] == 6 * (H + H) and listed["total_params"] == TOTAL + 6 * 2 * H

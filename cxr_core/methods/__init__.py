@@ -1,5 +1,5 @@
-"""The adaptation methods: one registry, one small module per method (``fft``, ``lora``), in the spirit of peft's
-``tuners/<method>/`` folders and its ``register_peft_method``.
+"""The adaptation methods: one registry, one small module per method (``fft``, ``lora``, ``ia3``), in the spirit
+of peft's ``tuners/<method>/`` folders and its ``register_peft_method``.
 
 A search space chooses a method by its name (``method: lora``) and configures it in the method's own section
 (``lora: {r: 16}``); the YAML stays closed: a name is looked up here, never imported. Everything that depends on
@@ -389,9 +389,10 @@ def kind(a: Method | str, b: Method | str) -> str:
 
 
 from cxr_core.methods.fft import Fft  # noqa: E402
+from cxr_core.methods.ia3 import Ia3  # noqa: E402
 from cxr_core.methods.lora import Lora  # noqa: E402
 
 # The registry's order is the order of tables, panels and comparisons: the reference first, then the others as
 # they arrived (a later method's best is compared with each earlier one's).
-for _method in (Fft(), Lora()):
+for _method in (Fft(), Lora(), Ia3()):
     register(_method)
