@@ -1,4 +1,5 @@
-"""git-base on a GPU in bf16 at realistic batch sizes: FFT vs LoRA presets, samples/s, peak memory, MFU.
+"""git-base on a GPU in bf16 at realistic batch sizes: every method's configurations (FFT, FFT with the vision
+tower frozen, each LoRA preset at r=16, ...: :func:`cxr_core.methods.examples`), samples/s, peak memory, MFU.
 
 Random weights (``arch:git-base``), random 224x224 images and 48-token texts, AdamW (fused on CUDA), bf16
 autocast, TF32. Model FLOPs per sample = 6 x (vision params x image tokens + decoder params x (image +
@@ -18,12 +19,7 @@ import time
 
 import torch
 
-CONFIGS = [
-    ("fft", {"method": "fft"}),
-    ("fft_freeze_vision", {"method": "fft", "freeze": "vision"}),
-    *[(f"lora_r16_{p}", {"method": "lora", "r": 16, "alpha": 32, "targets": p})
-      for p in ("vision", "text", "attention", "all_linear")],
-]  # fmt: skip
+ADAPTER_SIZE = 16  # LoRA's rank in the benchmark's configurations
 
 
 def tiny_config():
@@ -39,24 +35,23 @@ def flops_per_sample(model, text_len: int) -> float:
     cfg = model.config
     vc = cfg.vision_config
     img_tokens = (vc.image_size // vc.patch_size) ** 2 + 1
-    vision = sum(
-        p.numel() for n, p in model.named_parameters() if ".image_encoder." in f".{n}" and "lora_" not in n
-    )
-    decoder = sum(
-        p.numel() for n, p in model.named_parameters() if ".image_encoder." not in f".{n}" and "lora_" not in n
-    )
+    # The base model's parameters (called before a method wraps it: an adapter's few parameters add no FLOPs
+    # worth counting).
+    vision = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." in f".{n}")
+    decoder = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." not in f".{n}")
     return 6.0 * (vision * img_tokens + decoder * (img_tokens + text_len))
 
 
 def run_config(name, spec, *, device, batch, steps, text_len, tiny) -> dict:
     from transformers import GitForCausalLM
 
-    from cxr_core.model import MethodSpec, apply_method, load_model, parameter_counts
+    from cxr_core import methods
+    from cxr_core.model import load_model, parameter_counts
 
     torch.manual_seed(0)
     base = GitForCausalLM(tiny_config()) if tiny else load_model("arch:git-base")
     flops = flops_per_sample(base, text_len)
-    model = apply_method(base, MethodSpec(**spec)).to(device)
+    model = methods.wrap(base, *spec).to(device)
     trainable, total = parameter_counts(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
@@ -107,8 +102,10 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     batches = [2] if args.tiny and args.batch == [64, 256] else args.batch
     rows = []
+    from cxr_core import methods
+
     for batch in batches:
-        for name, spec in CONFIGS:
+        for name, *spec in methods.examples(ADAPTER_SIZE):
             try:
                 row = run_config(name, spec, device=device, batch=batch, steps=args.steps, text_len=args.text_len,
                                  tiny=args.tiny)  # fmt: skip

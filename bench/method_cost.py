@@ -16,12 +16,7 @@ import json
 import multiprocessing as mp
 import time
 
-CONFIGS = [
-    ("fft", {"method": "fft"}),
-    ("fft_freeze_vision", {"method": "fft", "freeze": "vision"}),
-    *[(f"lora_r8_{p}", {"method": "lora", "r": 8, "alpha": 16, "targets": p})
-      for p in ("vision", "text", "attention", "mlp", "all_linear")],
-]  # fmt: skip
+ADAPTER_SIZE = 8  # LoRA's rank in the benchmark's configurations (cxr_core.methods.examples)
 
 
 def _vmhwm() -> int:
@@ -31,11 +26,12 @@ def _vmhwm() -> int:
     raise RuntimeError("no VmHWM")
 
 
-def _run(name: str, spec: dict, model_name: str, steps: int, batch: int, queue) -> None:
+def _run(name: str, spec: tuple[str, dict], model_name: str, steps: int, batch: int, queue) -> None:
     import psutil
     import torch
 
-    from cxr_core.model import MethodSpec, apply_method, load_model, parameter_counts
+    from cxr_core import methods
+    from cxr_core.model import load_model, parameter_counts
 
     torch.manual_seed(0)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -43,7 +39,7 @@ def _run(name: str, spec: dict, model_name: str, steps: int, batch: int, queue) 
 
     base = psutil.Process().memory_info().rss
     open("/proc/self/clear_refs", "w").write("5")
-    model = apply_method(load_model(model_name), MethodSpec(**spec))
+    model = methods.wrap(load_model(model_name), *spec)
     trainable, total = parameter_counts(model)
     cfg = model.config  # PeftModel forwards .config to the base model
     size = cfg.vision_config.image_size
@@ -73,18 +69,20 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     ctx = mp.get_context("spawn")
     rows = []
-    for name, spec in CONFIGS:
+    from cxr_core import methods
+
+    for name, *spec in methods.examples(ADAPTER_SIZE):
         if args.only and name not in args.only:
             continue
         queue = ctx.Queue()
-        proc = ctx.Process(target=_run, args=(name, spec, args.model, args.steps, args.batch, queue))
+        proc = ctx.Process(target=_run, args=(name, tuple(spec), args.model, args.steps, args.batch, queue))
         proc.start()
         rows.append(queue.get())
         proc.join()
         r = rows[-1]
         print(f"{r['config']:<22} trainable {r['trainable_params']:>12,}  peak {r['peak_mem_mb']:>8.1f} MB  "
               f"step {r['step_s']:.3f} s", flush=True)  # fmt: skip
-    fft = next((r for r in rows if r["config"] == "fft"), None)
+    fft = next((r for r in rows if r["config"] == methods.reference().name), None)  # the reference's own config
     if fft:
         for r in rows:
             r["peak_mem_vs_fft"] = round(r["peak_mem_mb"] / fft["peak_mem_mb"], 3)

@@ -1,8 +1,9 @@
 """Analysis of a sweep's tidy results (see :func:`cxr_core.results_frame`): one row per trial, trials that
 differ only by seed aggregated into configurations (mean, standard deviation, count, 95% t interval), the
-best configuration per method and per LoRA preset chosen on validation, verdict sentences computed from
+best configuration per method and per preset chosen on validation, verdict sentences computed from
 those numbers, a constant baseline, and summary.md. Pure pandas, numpy and scipy, no Ray; the diagrams are
-drawn by :mod:`cxr_core.plots`.
+drawn by :mod:`cxr_core.plots`. What is particular to a method (its variants, labels, names) comes from
+:mod:`cxr_core.methods`; FFT is the reference every other method is compared with.
 
 Works on partial results: errored trials are left out of the statistics and named, unfinished ones are
 counted and flagged, and a sweep with one method says that the comparison cannot be made.
@@ -18,6 +19,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cxr_core import methods as registry
+from cxr_core.comparison import PRESET_VS_PRESET, PRESET_VS_REFERENCE, ablation_kinds
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
 from cxr_core.metrics import report_metrics
@@ -32,15 +35,8 @@ COST = (
     "wall_seconds",
     "checkpoint_mb",
 )
-CONFIG_SHOWN = (
-    "config/method",
-    "config/train/lr",
-    "config/lora/r",
-    "config/lora/alpha",
-    "config/lora/target_modules",
-)
 LABEL_F1 = tuple(f"f1/{label}" for label in LABELS)
-METHOD, LR, RANK, ALPHA, TARGETS = CONFIG_SHOWN
+METHOD, LR = registry.METHOD_COLUMN, "config/train/lr"
 SEED = "config/train/seed"
 NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
 CONFIDENCE = 0.95
@@ -59,11 +55,8 @@ PROTOCOL = (
 
 
 def variant_label(row) -> str:
-    """'fft' or 'lora:<preset>' (the group a trial belongs to in tables and plots)."""
-    method = row.get("config/method", "?")
-    if method == "lora":
-        return f"lora:{row.get('config/lora/target_modules', '?')}"
-    return str(method)
+    """``fft`` or ``lora:<preset>``: the group a trial belongs to in tables and plots (its method's variant)."""
+    return registry.variant_of_row(row)
 
 
 def _isnan(value) -> bool:
@@ -234,26 +227,20 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith("config/") and c not in NOT_IN_KEY]
 
 
-def effective_alpha(row) -> float:
-    """LoRA alpha as trained: the configured value, or 2r when it was left to the default."""
-    alpha, r = row.get(ALPHA), row.get(RANK)
-    if not _isnan(alpha):
-        return float(alpha)
-    return 2.0 * float(r) if not _isnan(r) else math.nan
+_short = registry.short
 
 
-def _short(value) -> str:
-    if isinstance(value, (float, np.floating)):
-        return f"{value:g}"
-    return str(value)
+def _settings(row) -> tuple[registry.Method | None, dict]:
+    """The row's method and its settings (section over the defaults); (None, {}) for an unknown method."""
+    method = registry.of_row(row)
+    return method, (method.from_row(row) if method is not None else {})
 
 
 def config_label(row, extra: Sequence[str] = ()) -> str:
     """A readable name of a configuration: ``fft lr=0.0005``, ``lora:all_linear r=16 a=32 lr=0.005``, plus
     ``key=value`` for every column in ``extra`` (other settings that vary within the sweep)."""
-    parts = [variant_label(row)]
-    if row.get(METHOD) == "lora" and not _isnan(row.get(RANK)):
-        parts += [f"r={_short(row[RANK])}", f"a={_short(effective_alpha(row))}"]
+    method, settings = _settings(row)
+    parts = [variant_label(row), *(method.label_parts(settings) if method is not None else [])]
     if not _isnan(row.get(LR)):
         parts.append(f"lr={_short(row[LR])}")
     for col in extra:
@@ -264,7 +251,7 @@ def config_label(row, extra: Sequence[str] = ()) -> str:
 
 def _varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
     """Settings that take more than one value within one method (a LoRA-only key, NaN for FFT, is not one)."""
-    shown = {METHOD, TARGETS, RANK, ALPHA, LR}
+    shown = {METHOD, LR, *registry.shown_columns()}
     groups = [g for _, g in frame.groupby(METHOD, dropna=False)] if METHOD in frame else [frame]
     return [c for c in columns if c not in shown and any(g[c].astype(str).nunique() > 1 for g in groups)]
 
@@ -294,7 +281,9 @@ def configs_table(table: pd.DataFrame, *, confidence: float = CONFIDENCE) -> pd.
         row = {c: first[c] for c in key}
         row["config_id"] = config_label(first, extra)
         row["variant"] = first["variant"]
-        row["lora_alpha_effective"] = effective_alpha(first) if first.get(METHOD) == "lora" else math.nan
+        row.update({k: math.nan for m in registry.registered() for k in m.derived_keys})
+        method, settings = _settings(first)
+        row.update(method.derived(settings) if method is not None else {})
         row["n_trials"] = len(group)
         row["n_seeds"] = len(usable)
         row["n_errored"] = int((group["status"] == "ERROR").sum())
@@ -311,8 +300,9 @@ def configs_table(table: pd.DataFrame, *, confidence: float = CONFIDENCE) -> pd.
     dup = configs["config_id"].duplicated(keep=False)
     if dup.any():  # two settings printed alike (e.g. floats equal to 6 digits): number them
         configs.loc[dup, "config_id"] += " #" + (configs[dup].groupby("config_id").cumcount() + 1).astype(str)
-    by = [c for c in (METHOD, "variant", RANK, LR) if c in configs]
-    return configs.sort_values(by, na_position="first", kind="stable").reset_index(drop=True)
+    by = [c for c in (METHOD, "variant", *registry.order_columns(), LR) if c in configs]
+    order = lambda col: col.map(registry.rank) if col.name == METHOD else col  # noqa: E731 (the registry's order)
+    return configs.sort_values(by, key=order, na_position="first", kind="stable").reset_index(drop=True)
 
 
 def metric_bounds(col: str) -> tuple[float, float]:
@@ -435,13 +425,8 @@ def _count(x: float) -> str:
 
 def _describe(row) -> str:
     """``all_linear, r=16, alpha=32, lr=0.005; 2 seeds``: a configuration for a sentence."""
-    bits = []
-    if row.get(METHOD) == "lora":
-        bits += [
-            str(row.get(TARGETS)),
-            f"r={_short(row.get(RANK))}",
-            f"alpha={_short(row['lora_alpha_effective'])}",
-        ]
+    method, settings = _settings(row)
+    bits = method.describe_parts(settings) if method is not None else []
     if not _isnan(row.get(LR)):
         bits.append(f"lr={_short(row[LR])}")
     n = int(row["n_seeds"])
@@ -453,40 +438,50 @@ def _seed_note(a: dict, b: dict) -> str:
     return f"with {n} seed{'s' if n != 1 else ''}" if n >= 2 else "with one seed"
 
 
-def cost_shares(fft, lora, *, memory_kind: str = "", whose: str = "its") -> list[str]:
-    """LoRA's cost as shares of FFT's (means over seeds): ``16% of its trainable parameters``, ``137% of its peak
-    memory (kind)``, ``0.64x its training throughput (samples/s)``; what is missing is left out."""
+def _title(row) -> str:
+    """The display name of a configuration row's method (``LoRA``), or its raw method value."""
+    method = registry.of_row(row)
+    return method.title if method is not None else str(row.get(METHOD, "?"))
+
+
+def cost_shares(ref, row, *, memory_kind: str = "", whose: str = "its") -> list[str]:
+    """A configuration's cost as shares of a reference configuration's (means over seeds): ``16% of its trainable
+    parameters``, ``137% of its peak memory (kind)``, ``0.64x its training throughput (samples/s)``; what is
+    missing is left out."""
     out = []
     for col, word in (("trainable_params", "trainable parameters"), ("peak_mem_mb", "peak memory")):
-        a, b = stat(lora, col)["mean"], stat(fft, col)["mean"]
+        a, b = stat(row, col)["mean"], stat(ref, col)["mean"]
         if not _isnan(a) and b and not _isnan(b):
             kind = f" ({memory_kind})" if col == "peak_mem_mb" and memory_kind else ""
             out.append(f"{_pct(a / b)} of {whose} {word}{kind}")
-    a, b = stat(lora, "train_samples_per_s")["mean"], stat(fft, "train_samples_per_s")["mean"]
+    a, b = stat(row, "train_samples_per_s")["mean"], stat(ref, "train_samples_per_s")["mean"]
     if not _isnan(a) and b and not _isnan(b):
         out.append(f"{a / b:.2f}x {whose} training throughput (samples/s)")
     return out
 
 
 def comparison_lines(
-    fft,
-    lora,
+    ref,
+    row,
     *,
     metric: str,
     mode: str,
     extra_metrics: Sequence[str] = (),
     memory_kind: str = "",
-    what: str = "LoRA configuration",
+    what: str | None = None,
 ) -> list[str]:
-    """Verdict sentences comparing one LoRA configuration row with the FFT one (rows of :func:`configs_table`):
-    quality ratio with its interval, cost ratios, and whether the two intervals overlap."""
+    """Verdict sentences comparing one configuration row with a reference one (rows of :func:`configs_table`;
+    usually the best FFT configuration): quality ratio with its interval, cost ratios, and whether the two
+    intervals overlap. ``what`` names the row (default: ``<its method> configuration``)."""
+    name, ref_name = _title(row), _title(ref)
+    what = what or f"{name} configuration"
     lines = []
-    q_l, q_f = stat(lora, f"best_{metric}"), stat(fft, f"best_{metric}")
+    q_l, q_f = stat(row, f"best_{metric}"), stat(ref, f"best_{metric}")
     r, lo, hi = ratio_interval(q_l, q_f)
     if _isnan(r):
         quality = (
-            f"scores {_num(q_l['mean'])} on validation {metric} against {_num(q_f['mean'])} for the best FFT "
-            f"configuration ({_describe(fft)}; no ratio: FFT's is 0)"
+            f"scores {_num(q_l['mean'])} on validation {metric} against {_num(q_f['mean'])} for the best "
+            f"{ref_name} configuration ({_describe(ref)}; no ratio: {ref_name}'s is 0)"
         )
     else:
         interval = f" (95% interval {_pct(lo)} to {_pct(hi)})" if not _isnan(lo) else ""
@@ -494,23 +489,25 @@ def comparison_lines(
             interval = " (one seed: no interval)"
         elif min(q_l["n"], q_f["n"]) < MIN_SEEDS_FOR_T:
             interval = f" ({int(min(q_l['n'], q_f['n']))} seeds: no interval)"
-        quality = f"reaches {_pct(r)} of the best FFT configuration's ({_describe(fft)}) validation "
+        quality = f"reaches {_pct(r)} of the best {ref_name} configuration's ({_describe(ref)}) validation "
         quality += f"{metric}{interval}"
-    cost = cost_shares(fft, lora, memory_kind=memory_kind)
+    cost = cost_shares(ref, row, memory_kind=memory_kind)
     joined = ", ".join(cost[:-1]) + (" and " if len(cost) > 1 else "") + cost[-1] if cost else ""
-    lines.append(f"The best {what} ({_describe(lora)}) {quality}" + (f", with {joined}." if cost else "."))
+    lines.append(f"The best {what} ({_describe(row)}) {quality}" + (f", with {joined}." if cost else "."))
     for m in extra_metrics:
-        a, b = stat(lora, f"best_{m}"), stat(fft, f"best_{m}")
+        a, b = stat(row, f"best_{m}"), stat(ref, f"best_{m}")
         if _isnan(a["mean"]) or _isnan(b["mean"]):
             continue
         r2, lo2, hi2 = ratio_interval(a, b)
         few = min(a["n"], b["n"]) < MIN_SEEDS_FOR_T
         iv = f" (95% interval {_pct(lo2)} to {_pct(hi2)})" if not _isnan(lo2) and not few else ""
         if _isnan(r2):
-            lines.append(f"On {m} (at the same checkpoints): LoRA {_num(a['mean'])}, FFT {_num(b['mean'])}.")
+            lines.append(
+                f"On {m} (at the same checkpoints): {name} {_num(a['mean'])}, {ref_name} {_num(b['mean'])}."
+            )
         else:
-            lines.append(f"On {m} (at the same checkpoints) it reaches {_pct(r2)} of FFT's{iv}.")
-    lines.append(_overlap_sentence(q_l, q_f, "LoRA", "FFT", metric=metric, mode=mode))
+            lines.append(f"On {m} (at the same checkpoints) it reaches {_pct(r2)} of {ref_name}'s{iv}.")
+    lines.append(_overlap_sentence(q_l, q_f, name, ref_name, metric=metric, mode=mode))
     return lines
 
 
@@ -551,28 +548,34 @@ def _overlap_sentence(a: dict, b: dict, name_a: str, name_b: str, *, metric: str
 
 
 def preset_lines(configs: pd.DataFrame, *, metric: str, mode: str) -> list[str]:
-    """Verdict sentences on the LoRA target-module presets (best configuration of each)."""
-    lora = configs[configs.get(METHOD, pd.Series(dtype=object)) == "lora"]
-    best = best_config_per(lora, "variant", metric=metric, mode=mode)
-    if len(best) < 2:
-        return []
-    best = best.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
-    ranking = ", ".join(f"{r[TARGETS]} {_ci(stat(r, f'best_{metric}'))}" for _, r in best.iterrows())
-    lines = [
-        f"LoRA presets ranked by validation {metric} (best configuration of each, mean [95% interval]): "
-        f"{ranking}."
-    ]
-    top, second = best.iloc[0], best.iloc[1]
-    lines.append(
-        _overlap_sentence(
-            stat(top, f"best_{metric}"),
-            stat(second, f"best_{metric}"),
-            f"{top[TARGETS]}",
-            f"{second[TARGETS]}",
-            metric=metric,
-            mode=mode,
+    """Verdict sentences on each method's presets (its variants: LoRA's target modules), best configuration of
+    each: the ranking and whether the top two are separated."""
+    lines = []
+    for method in registry.registered():
+        mine = configs[configs.get(METHOD, pd.Series(dtype=object)) == method.name]
+        best = (
+            best_config_per(mine, "variant", metric=metric, mode=mode) if method.variant_key else mine.iloc[0:0]
         )
-    )
+        if len(best) < 2:
+            continue
+        best = best.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
+        preset = {i: registry.variant_value_of_row(r) for i, r in best.iterrows()}
+        ranking = ", ".join(f"{preset[i]} {_ci(stat(r, f'best_{metric}'))}" for i, r in best.iterrows())
+        lines.append(
+            f"{method.title} presets ranked by validation {metric} (best configuration of each, mean [95% "
+            f"interval]): {ranking}."
+        )
+        (i, top), (j, second) = list(best.iterrows())[:2]
+        lines.append(
+            _overlap_sentence(
+                stat(top, f"best_{metric}"),
+                stat(second, f"best_{metric}"),
+                preset[i],
+                preset[j],
+                metric=metric,
+                mode=mode,
+            )  # fmt: skip
+        )
     return lines
 
 
@@ -599,11 +602,14 @@ def lr_lines(configs: pd.DataFrame, *, metric: str, mode: str) -> list[str]:
         lines.append(f"{method}'s best learning rate is {_short(best[LR])} (of {tried}{where}).")
     by_method = best_config_per(configs, METHOD, metric=metric, mode=mode).set_index(METHOD)
     tuned = configs.groupby(METHOD)[LR].nunique()
-    if {"fft", "lora"} <= set(by_method.index) and (tuned.reindex(["fft", "lora"]) > 1).all():
-        ratio = by_method.loc["lora", LR] / by_method.loc["fft", LR]
-        lines.append(
-            f"The best LoRA learning rate is {ratio:.3g}x the best FFT one (the field expects about 10x)."
-        )
+    ref = registry.reference()
+    for method in registry.compared():
+        pair = [method.name, ref.name]
+        if set(pair) <= set(by_method.index) and (tuned.reindex(pair) > 1).all():
+            ratio = by_method.loc[method.name, LR] / by_method.loc[ref.name, LR]
+            lines.append(
+                f"The best {method.title} learning rate is {ratio:.3g}x the best {ref.title} one{method.lr_note}."
+            )
     return lines
 
 
@@ -671,13 +677,18 @@ def missing_lines(table: pd.DataFrame, configs: pd.DataFrame) -> list[str]:
     for _, row in configs.iterrows():
         if row["n_seeds"] < most:
             lines.append(f"- configuration {row['config_id']}: {row['n_seeds']} of {most} seeds have results")
-    methods = set(table.get(METHOD, pd.Series(dtype=object)).dropna())
+    present = set(table.get(METHOD, pd.Series(dtype=object)).dropna())
     reported = set(configs.loc[configs["n_seeds"] > 0, METHOD]) if METHOD in configs else set()
-    for method in ("fft", "lora"):
-        if method not in methods:
-            lines.append(f"- no {method} trial in this sweep: the comparison is one-sided")
-        elif method not in reported:
-            lines.append(f"- no {method} trial has results yet: the comparison cannot be made")
+    ref = registry.reference()
+    if ref.name not in present:
+        lines.append(
+            f"- no {ref.name} trial in this sweep: the other methods have no reference to be compared with"
+        )
+    if not present & {m.name for m in registry.compared()}:
+        lines.append(f"- no trial of another method in this sweep: the comparison with {ref.name} is one-sided")
+    for method in registry.registered():
+        if method.name in present and method.name not in reported:
+            lines.append(f"- no {method.name} trial has results yet: the comparison cannot be made")
     return lines
 
 
@@ -700,8 +711,9 @@ def _config_rows(frame: pd.DataFrame, *, metric: str) -> list[dict]:
 
 
 def _cost_rows(best: pd.DataFrame) -> list[dict]:
-    fft = best[best[METHOD] == "fft"]
-    ref = fft.iloc[0] if len(fft) else None
+    reference = registry.reference()
+    mine = best[best[METHOD] == reference.name]
+    ref = mine.iloc[0] if len(mine) else None
     rows = []
     for _, r in best.iterrows():
         row = {"method / preset": r["variant"], "configuration": r["config_id"]}
@@ -720,7 +732,7 @@ def _cost_rows(best: pd.DataFrame) -> list[dict]:
                 and not _isnan(mean)
                 and ref.get(f"{col}_mean")
             ):
-                cell += f" ({_pct(mean / ref[f'{col}_mean'])} of FFT)"
+                cell += f" ({_pct(mean / ref[f'{col}_mean'])} of {reference.title})"
             row[name] = cell
         rows.append(row)
     return rows
@@ -744,22 +756,21 @@ def _lr_rows(configs: pd.DataFrame, *, metric: str, mode: str) -> list[dict]:
     return rows
 
 
-def _per_label_rows(fft, lora) -> list[dict]:
+def _per_label_rows(best: Sequence) -> list[dict]:
+    """Per-label F1 of the best configuration of each method (reference first), and each one's difference to
+    the reference."""
+    ref = best[0]
+    names = [_title(row) for row in best]
     rows = []
     for label in LABELS:
-        a, b = stat(fft, f"best_f1/{label}"), stat(lora, f"best_f1/{label}")
-        if _isnan(a["mean"]) and _isnan(b["mean"]):
+        values = [stat(row, f"best_f1/{label}") for row in best]
+        if all(_isnan(v["mean"]) for v in values):
             continue
-        rows.append(
-            {
-                "label": label,
-                "FFT F1 [95% CI]": _ci(a),
-                "LoRA F1 [95% CI]": _ci(b),
-                "LoRA - FFT": "-"
-                if _isnan(a["mean"]) or _isnan(b["mean"])
-                else f"{b['mean'] - a['mean']:+.3f}",
-            }
-        )
+        row = {"label": label, **{f"{n} F1 [95% CI]": _ci(v) for n, v in zip(names, values, strict=True)}}
+        for name, v in zip(names[1:], values[1:], strict=True):
+            a = stat(ref, f"best_f1/{label}")["mean"]
+            row[f"{name} - {names[0]}"] = "-" if _isnan(a) or _isnan(v["mean"]) else f"{v['mean'] - a:+.3f}"
+        rows.append(row)
     return rows
 
 
@@ -850,18 +861,21 @@ def test_lines(
 
 
 def test_verdict(test: pd.DataFrame | None, *, metric: str) -> list[str]:
-    """The test split's answer in one sentence per LoRA group, if jobs.evaluate has run."""
-    if test is None or test.empty or metric not in test or "fft" not in set(test["group"]):
+    """The test split's answer in one sentence per group compared with the reference (FFT), if jobs.evaluate has
+    run."""
+    ref = registry.reference()
+    if test is None or test.empty or metric not in test or ref.name not in set(test["group"]):
         return []
     stats = test_stats(test, (metric,))
-    fft = stats["fft"][metric]
+    fft = stats[ref.name][metric]
     lines = []
     for group, entry in stats.items():
-        if group == "fft":
+        if group == ref.name:
             continue
         value = entry[metric]
-        share = f" ({_pct(value['mean'] / fft['mean'])} of FFT's)" if fft["mean"] else ""
-        name = "LoRA" if group == "lora" else group
+        share = f" ({_pct(value['mean'] / fft['mean'])} of {ref.title}'s)" if fft["mean"] else ""
+        method = registry.find(group)
+        name = method.title if method is not None else group
         overlap = intervals_overlap(value, fft)
         tail = (
             "; with one seed on a side there is no interval"
@@ -872,7 +886,7 @@ def test_verdict(test: pd.DataFrame | None, *, metric: str) -> list[str]:
                 else "; the 95% intervals do not overlap"
             )  # fmt: skip
         )
-        lines.append(f"On the test split: {name} {metric} {_ci(value)} vs FFT {_ci(fft)}{share}{tail}.")
+        lines.append(f"On the test split: {name} {metric} {_ci(value)} vs {ref.title} {_ci(fft)}{share}{tail}.")
     return lines
 
 
@@ -950,40 +964,52 @@ def paired_lines(comparisons: pd.DataFrame | None, *, kinds: Sequence[str], spli
     return [str(x) for x in rows["sentence"]]
 
 
-def _unparsed_note(fft, lora) -> str:
-    a, b = lora.get("best_unparsed_rate_mean", math.nan), fft.get("best_unparsed_rate_mean", math.nan)
+def _unparsed_note(ref, row) -> str:
+    a, b = row.get("best_unparsed_rate_mean", math.nan), ref.get("best_unparsed_rate_mean", math.nan)
     if _isnan(a) or _isnan(b):
         return ""
     return (
-        f" Unparsed sentences (read as all-negative): LoRA {a:.2f}, FFT {b:.2f} of their generated sentences."
+        f" Unparsed sentences (read as all-negative): {_title(row)} {a:.2f}, {_title(ref)} {b:.2f} of their "
+        "generated sentences."
     )
 
 
-def quality_cost_lines(fft, lora, *, metric: str, memory_kind: str, planned: dict | None) -> list[str]:
-    """LoRA's share of FFT's quality (point value; the paired comparison carries the uncertainty) and its cost:
-    as measured on this sweep's model, and as planned at the study's target scale, with which to trust."""
-    q_l, q_f = stat(lora, f"best_{metric}")["mean"], stat(fft, f"best_{metric}")["mean"]
+def quality_cost_lines(
+    ref, row, *, metric: str, memory_kind: str, planned: dict | None, explain: bool = True
+) -> list[str]:
+    """A method's best configuration (``row``) against the reference's (``ref``, FFT): its share of the reference's
+    quality (point value; the paired comparison carries the uncertainty) and its cost, as measured on this sweep's
+    model and as planned at the study's target scale (``planned``: :func:`cxr_core.report_writer.planned_cost`);
+    ``explain`` adds which of the two to trust for what."""
+    name, ref_name = _title(row), _title(ref)
+    q_l, q_f = stat(row, f"best_{metric}")["mean"], stat(ref, f"best_{metric}")["mean"]
     share = f"reaches {_pct(q_l / q_f)} of" if q_f and not _isnan(q_l) else "is compared with"
     lines = [
-        f"The best LoRA configuration ({_describe(lora)}) {share} the best FFT configuration's ({_describe(fft)}) "
-        f"validation {metric} ({_num(q_l)} vs {_num(q_f)})." + _unparsed_note(fft, lora)
+        f"The best {name} configuration ({_describe(row)}) {share} the best {ref_name} configuration's "
+        f"({_describe(ref)}) validation {metric} ({_num(q_l)} vs {_num(q_f)})." + _unparsed_note(ref, row)
     ]
-    measured = cost_shares(fft, lora, whose="FFT's")
+    measured = cost_shares(ref, row, whose=f"{ref_name}'s")
     if measured:
-        total = stat(fft, "total_params")["mean"]
+        total = stat(ref, "total_params")["mean"]
         size = f"{total / 1e6:.2f}M-parameter " if not _isnan(total) else ""
         where = f"; peak memory is {memory_kind}" if memory_kind else ""
-        lines.append(f"Measured on this sweep's {size}model{where}: LoRA uses {', '.join(measured)}.")
-    if planned:
+        lines.append(f"Measured on this sweep's {size}model{where}: {name} uses {', '.join(measured)}.")
+    plan = (planned or {}).get("methods", {})
+    mine, theirs = plan.get(row.get(METHOD)), plan.get(ref.get(METHOD))
+    if mine and theirs:
         lines.append(
             f"Planned at {planned['model']} (the study's target scale; dry-run plan: weights, gradients and AdamW "
-            f"state, no activations): LoRA trains {_pct(planned['lora_trainable'] / planned['fft_trainable'])} of "
-            f"FFT's parameters ({_count(planned['lora_trainable'])} vs {_count(planned['fft_trainable'])}) and "
-            f"needs {_pct(planned['lora_memory_mb'] / planned['fft_memory_mb'])} of its training memory "
-            f"({planned['lora_memory_mb']:,.0f} vs {planned['fft_memory_mb']:,.0f} MB, fp32). For what the methods "
-            "cost at scale trust these planned figures (bench.method_cost measures git-base steps); the measured "
-            "memory and throughput above describe only this small model, where activations and allocator noise "
-            "dominate."
+            f"state, no activations): {name} trains {_pct(mine['trainable'] / theirs['trainable'])} of "
+            f"{ref_name}'s parameters ({_count(mine['trainable'])} vs {_count(theirs['trainable'])}) and "
+            f"needs {_pct(mine['memory_mb'] / theirs['memory_mb'])} of its training memory "
+            f"({mine['memory_mb']:,.0f} vs {theirs['memory_mb']:,.0f} MB, fp32)."
+            + (
+                " For what the methods cost at scale trust these planned figures (bench.method_cost measures "
+                "git-base steps); the measured memory and throughput above describe only this small model, where "
+                "activations and allocator noise dominate."
+                if explain
+                else ""
+            )
         )
     return lines
 
@@ -1059,7 +1085,7 @@ def summary_markdown(
     metric_source: str = "",
 ) -> str:
     """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
-    LoRA preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
+    preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
     test split (if evaluated), every configuration, what is missing, and the diagrams.
 
     Args:
@@ -1068,7 +1094,8 @@ def summary_markdown(
         results: the results path shown in commands. diagrams: ``{file: description}`` of the figures.
         comparisons: :mod:`cxr_core.comparison`'s paired comparisons (None: seed-level sentences only).
         test_intervals: ``{group: {metric: interval dict}}`` on test from per-image records.
-        planned: cost of the best FFT and LoRA configurations at the study's target scale (dry-run plan).
+        planned: cost of each method's best configuration at the study's target scale (dry-run plan;
+            :func:`cxr_core.report_writer.planned_cost`).
         margin: the equivalence margin of the verdicts. sparse: labels with few positives on validation.
         n_boot: bootstrap resamples behind the intervals. epochs: the tidy per-epoch rows with ``config_id``
             (for the convergence check of the best configurations).
@@ -1084,9 +1111,13 @@ def summary_markdown(
         best_config_per(configs, METHOD, metric=metric, mode=mode) if METHOD in configs else configs.iloc[0:0]
     )
     by_variant = best_config_per(configs, "variant", metric=metric, mode=mode)
-    methods = {r[METHOD]: r for _, r in by_method.iterrows()}
+    best_of = {r[METHOD]: r for _, r in by_method.iterrows()}  # method -> its best configuration
+    ref = registry.reference()
+    pairs = registry.pairs(list(best_of))  # each method vs FFT, then the others among themselves
+    in_sweep = set(table.get(METHOD, pd.Series(dtype=object)).dropna())
+    titles = [m.long_title for m in registry.registered() if m.name in in_sweep]
 
-    lines = [f"# Sweep {name}: full fine-tuning vs LoRA", ""]
+    lines = [f"# Sweep {name}" + (f": {' vs '.join(titles)}" if titles else ""), ""]
     lines.append(
         f"{len(table)} trials ({', '.join(f'{v} {k}' for k, v in status.items())}) in {len(configs)} "
         f"configurations (trials that differ only by seed). A trial's value is its best epoch on validation "
@@ -1098,51 +1129,51 @@ def summary_markdown(
     lines += ["", "## Verdict", ""]
     verdict = []
     paired = comparisons is not None and not comparisons.empty
-    if {"fft", "lora"} <= set(methods) and paired:
-        verdict += paired_lines(comparisons, kinds=("lora_vs_fft",), split="test")
-        verdict += paired_lines(comparisons, kinds=("lora_vs_fft",), split="val")
-        verdict += quality_cost_lines(methods["fft"], methods["lora"], metric=metric, memory_kind=kind,
-                                      planned=planned)  # fmt: skip
-        best_lora = methods["lora"]["config_id"]
-        others = comparisons[~((comparisons["kind"] == "preset_vs_fft") & (comparisons["a"] == best_lora))]
-        verdict += paired_lines(others, kinds=("preset_vs_fft",), split="test")
-        verdict += paired_lines(others, kinds=("preset_vs_fft", "preset_vs_preset", "rank_vs_rank"),
+    if pairs and paired:
+        for i, (a, b) in enumerate(pairs):
+            verdict += paired_lines(comparisons, kinds=(registry.kind(a, b),), split="test")
+            verdict += paired_lines(comparisons, kinds=(registry.kind(a, b),), split="val")
+            if b.reference:
+                verdict += quality_cost_lines(best_of[b.name], best_of[a.name], metric=metric, memory_kind=kind,
+                                              planned=planned, explain=i == 0)  # fmt: skip
+        bests = {r["config_id"] for r in best_of.values()}  # said above already
+        others = comparisons[~((comparisons["kind"] == PRESET_VS_REFERENCE) & comparisons["a"].isin(bests))]
+        verdict += paired_lines(others, kinds=(PRESET_VS_REFERENCE,), split="test")
+        verdict += paired_lines(others, kinds=(PRESET_VS_REFERENCE, PRESET_VS_PRESET, *ablation_kinds()),
                                 split="val")  # fmt: skip
-    elif {"fft", "lora"} <= set(methods):
+    elif pairs:
         extra = [m for m in ("label_f1_macro",) if m != metric]
-        verdict += comparison_lines(
-            methods["fft"], methods["lora"], metric=metric, mode=mode, extra_metrics=extra, memory_kind=kind
-        )
-        lora_best = by_variant[by_variant[METHOD] == "lora"]
-        for _, row in lora_best.iterrows():
-            if row["config_id"] != methods["lora"]["config_id"]:
-                verdict.append(
-                    comparison_lines(
-                        methods["fft"],
-                        row,
-                        metric=metric,
-                        mode=mode,
-                        memory_kind=kind,
-                        what=f"LoRA {row[TARGETS]} configuration",
-                    )[0]
-                )
+        for a, b in pairs:
+            verdict += comparison_lines(
+                best_of[b.name],
+                best_of[a.name],
+                metric=metric,
+                mode=mode,
+                extra_metrics=extra,
+                memory_kind=kind,
+            )
+        for _, row in by_variant.iterrows() if ref.name in best_of else ():  # every other preset vs FFT
+            method = registry.of_row(row)
+            if method is None or method.reference or row["config_id"] == best_of[method.name]["config_id"]:
+                continue
+            what = f"{method.title} {registry.variant_value_of_row(row)} configuration"
+            line, *_ = comparison_lines(
+                best_of[ref.name], row, metric=metric, mode=mode, memory_kind=kind, what=what
+            )
+            verdict.append(line)
         verdict += test_verdict(test, metric=metric)
     else:
-        if methods:
-            have = ", ".join(sorted(methods))
-            verdict.append(
-                f"Only {have} has results: the FFT-vs-LoRA comparison cannot be made from this sweep."
-            )
-        else:
-            verdict.append(
-                "No method has results yet: the FFT-vs-LoRA comparison cannot be made from this sweep."
-            )
+        have = ", ".join(sorted(best_of, key=registry.rank))
+        verdict.append(
+            (f"Only {have} has results" if best_of else "No method has results yet")
+            + ": no comparison between methods can be made from this sweep."
+        )
     if sparse and "macro" in " ".join([metric, "label_f1_macro"]):
         verdict.append(
             f"Macro averages include labels with fewer than 10 positive validation images ({', '.join(sparse)}): "
             "their F1 is noisy and weighs as much as any other label's."
         )
-    verdict += baseline_lines(methods, baseline, metric=metric, mode=mode)
+    verdict += baseline_lines(best_of, baseline, metric=metric, mode=mode)
     if not paired:
         verdict += preset_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
     verdict += lr_lines(configs, metric=metric, mode=mode) if METHOD in configs else []
@@ -1156,7 +1187,7 @@ def summary_markdown(
     lines.append(
         _md(_config_rows(by_method, metric=metric)) if len(by_method) else "No trial has reported yet."
     )
-    lines += ["", "## Best configuration per method and LoRA preset (validation)", ""]
+    lines += ["", "## Best configuration per method and preset (validation)", ""]
     lines.append(
         _md(_config_rows(by_variant, metric=metric)) if len(by_variant) else "No trial has reported yet."
     )
@@ -1189,10 +1220,12 @@ def summary_markdown(
     lr_rows = _lr_rows(configs, metric=metric, mode=mode) if METHOD in configs else []
     if lr_rows:
         lines += ["", "## Learning rate (best configuration at each learning rate)", "", _md(lr_rows)]
-    if {"fft", "lora"} <= set(methods):
-        rows = _per_label_rows(methods["fft"], methods["lora"])
+    shown = [m for m in registry.registered() if m.name in best_of]
+    if len(shown) > 1 and shown[0].reference:
+        rows = _per_label_rows([best_of[m.name] for m in shown])
         if rows:
-            lines += ["", "## Per-label F1 (validation): best FFT vs best LoRA configuration", "", _md(rows)]
+            versus = " vs ".join(f"best {m.title}" for m in shown)
+            lines += ["", f"## Per-label F1 (validation): {versus} configuration", "", _md(rows)]
     lines += ["", "## Test split", ""]
     chosen = {r["variant"]: r["config_id"] for _, r in by_variant.iterrows()}
     chosen.update({r[METHOD]: r["config_id"] for _, r in by_method.iterrows()})

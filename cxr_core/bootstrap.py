@@ -147,10 +147,13 @@ def _macro(stat: str) -> Callable[[np.ndarray], np.ndarray]:
     return reduce
 
 
-def _pair(num: str, den: str) -> Features:
+def _pair(num: str, den: str, *, empty_is_zero: bool = False) -> Features:
+    """Features of a ratio of sums ``num / den``. A seed whose ``den`` sums to 0 is an error, or, with
+    ``empty_is_zero``, a ratio of 0 (as :func:`cxr_core.metrics.report_metrics` reports it)."""
+
     def features(truth: np.ndarray, records: SeedRecords, uncertain: str, metric: str) -> np.ndarray:
         top, bottom = records.field(num, metric=metric), records.field(den, metric=metric)
-        if np.any(bottom.sum(axis=1) <= 0):
+        if not empty_is_zero and np.any(bottom.sum(axis=1) <= 0):
             raise CxrError(f"metric {metric!r}: SeedRecords.{den} sums to 0 over the images of a seed")
         return np.stack([top, bottom], axis=2).astype(np.float32)  # (S, N, 2)
 
@@ -170,8 +173,9 @@ def _registry() -> dict[str, MetricSpec]:
             table[f"{stat}/{label}"] = MetricSpec(_label_counts([i], pooled=True), _micro(stat))
     loss = MetricSpec(_pair("loss_sum", "tokens"), lambda s: _ratio(s[..., 0], s[..., 1]), False, math.inf)
     table["val_loss"] = table["test_loss"] = loss
+    # A model that generates no sentence at all (an untrained or diverged one) has nothing unparsed: rate 0.
     table["unparsed_rate"] = MetricSpec(
-        _pair("unparsed", "sentences"), lambda s: _ratio(s[..., 0], s[..., 1]), False
+        _pair("unparsed", "sentences", empty_is_zero=True), lambda s: _ratio(s[..., 0], s[..., 1]), False
     )
     return table
 

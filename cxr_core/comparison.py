@@ -7,11 +7,13 @@ same resampled images for both sides). This module only gathers the records and 
 
 - intervals for every configuration on validation (replacing the seed-only t interval), and for every
   group evaluated on test;
-- comparisons, one row each in ``comparisons.csv``: the best LoRA configuration vs the best FFT one
-  (``lora_vs_fft``), the best of each LoRA preset vs the best FFT (``preset_vs_fft``), every LoRA
-  configuration vs the best FFT (``config_vs_fft``, the forest diagram), the presets' bests pairwise
-  (``preset_vs_preset``) and, within the best preset, the best configuration of each rank pairwise
-  (``rank_vs_rank``); on validation and, for the groups ``jobs.evaluate`` scored, on test.
+- comparisons, one row each in ``comparisons.csv``: each method's best configuration vs the best FFT one
+  (``lora_vs_fft``: FFT is the reference, :mod:`cxr_core.methods`), the other methods' bests among themselves
+  (``ia3_vs_lora``: the later-registered method first), the best of each preset vs the best FFT
+  (``preset_vs_fft``), every configuration of another method vs the best FFT (``config_vs_fft``, the forest
+  diagram), each method's presets' bests pairwise (``preset_vs_preset``) and a method's own ablations (within its
+  best preset, LoRA's ranks pairwise: ``rank_vs_rank``); on validation and, for the groups ``jobs.evaluate``
+  scored, on test.
 
 Selection stays on validation; the test split is only read from ``jobs.evaluate``'s records.
 """
@@ -26,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from cxr_core import bootstrap
+from cxr_core import methods as registry
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
 from cxr_core.records import (
@@ -41,6 +44,9 @@ from cxr_core.records import (
 COLUMNS = ("kind", "a", "b", "a_variant", "b_variant", "split", "metric", "difference", "lo", "hi",
            "p_a_better", "verdict", "margin", "n_images", "n_seeds_a", "n_seeds_b", "settle_images",
            "settle_seeds", "sentence")  # fmt: skip
+PRESET_VS_REFERENCE = f"preset_vs_{registry.reference().name}"  # preset_vs_fft
+CONFIG_VS_REFERENCE = f"config_vs_{registry.reference().name}"  # config_vs_fft: the forest diagram's rows
+PRESET_VS_PRESET = "preset_vs_preset"
 BOOTSTRAPPED = ("label_f1_micro", "label_f1_macro", "label5_f1_macro", "label_precision_micro",
                 "label_recall_micro", "unparsed_rate", *(f"f1/{label}" for label in LABELS))  # fmt: skip
 
@@ -191,12 +197,25 @@ def _row(kind: str, a: str, b: str, variants: dict, split: Split, metric: str, m
 
 def _name(config_id: str) -> str:
     """``lora:all_linear r=16 a=32 lr=0.005`` -> ``LoRA all_linear r=16 a=32 lr=0.005``; test groups too."""
-    text = str(config_id)
-    if text == "fft":
-        return "FFT"
-    if text == "lora":
-        return "LoRA"
-    return text.replace("lora:", "LoRA ", 1) if text.startswith("lora:") else text.replace("fft", "FFT", 1)
+    return registry.display(config_id)
+
+
+def method_kinds(present: Sequence[str] | None = None) -> list[str]:
+    """The kinds of the method-vs-method comparisons (``lora_vs_fft``, ``ia3_vs_fft``, ``ia3_vs_lora``) among
+    the methods ``present`` (default: every registered one)."""
+    return [
+        registry.kind(a, b) for a, b in registry.pairs(present if present is not None else registry.names())
+    ]
+
+
+def reference_kinds() -> list[str]:
+    """The kinds that compare each method's best with the reference's (``lora_vs_fft``, ``ia3_vs_fft``)."""
+    return [registry.kind(m, registry.reference()) for m in registry.compared()]
+
+
+def ablation_kinds() -> list[str]:
+    """Every method's own ablation kinds (``rank_vs_rank``)."""
+    return list(dict.fromkeys(k for m in registry.registered() for k in m.ablations))
 
 
 def validation_comparisons(
@@ -204,57 +223,83 @@ def validation_comparisons(
     extra_metrics: Sequence[str] = (),
 ) -> list[dict]:  # fmt: skip
     """The validation comparisons (see the module docstring) among configurations that have records."""
-    from cxr_core.analysis import METHOD, RANK, TARGETS, best_config_per
+    from cxr_core.analysis import METHOD, best_config_per
 
     if split is None or METHOD not in configs:
         return []
     have = configs[configs["config_id"].isin(set(split.seeds))]
     variants = dict(zip(have["config_id"], have["variant"], strict=True))
-    fft = best_config_per(have[have[METHOD] == "fft"], METHOD, metric=metric, mode=mode)
-    lora_all = have[have[METHOD] == "lora"]
-    if fft.empty or lora_all.empty:
+    ref = registry.reference()
+    if have[have[METHOD] == ref.name].empty:
         return []
-    f = fft.iloc[0]["config_id"]
+    rows_of = {m.name: have[have[METHOD] == m.name] for m in registry.registered()}
+    best = {
+        name: best_config_per(rows, METHOD, metric=metric, mode=mode).iloc[0]
+        for name, rows in rows_of.items()
+        if not rows.empty
+    }
+    f = best[ref.name]["config_id"]
+    metrics = (metric, *[x for x in extra_metrics if x != metric])
     rows = []
-    best_lora = best_config_per(lora_all, METHOD, metric=metric, mode=mode).iloc[0]
-    for m in (metric, *[x for x in extra_metrics if x != metric]):
-        rows.append(_row("lora_vs_fft", best_lora["config_id"], f, variants, split, m, margin))
-    presets = best_config_per(lora_all, "variant", metric=metric, mode=mode)
-    presets = presets.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
-    for _, p in presets.iterrows():
-        rows.append(_row("preset_vs_fft", p["config_id"], f, variants, split, metric, margin))
-    for _, c in lora_all.iterrows():
-        rows.append(_row("config_vs_fft", c["config_id"], f, variants, split, metric, margin))
-    for (_, p), (_, q) in itertools.combinations(list(presets.iterrows()), 2):
-        rows.append(_row("preset_vs_preset", p["config_id"], q["config_id"], variants, split, metric, margin))
-    top = lora_all[lora_all[TARGETS] == best_lora[TARGETS]] if TARGETS in lora_all else lora_all.iloc[0:0]
-    if RANK in top and top[RANK].nunique() > 1:
-        ranks = best_config_per(top, RANK, metric=metric, mode=mode).sort_values(RANK)
-        for (_, p), (_, q) in itertools.combinations(list(ranks.iterrows()), 2):
-            rows.append(_row("rank_vs_rank", q["config_id"], p["config_id"], variants, split, metric, margin))
+    for a, b in registry.pairs(list(best)):  # each method's best vs FFT's, then the others among themselves
+        for m in metrics:
+            rows.append(_row(registry.kind(a, b), best[a.name]["config_id"], best[b.name]["config_id"], variants,
+                             split, m, margin))  # fmt: skip
+    presets = {}
+    for method in registry.compared():
+        if method.name in best and method.variant_key:
+            mine = best_config_per(rows_of[method.name], "variant", metric=metric, mode=mode)
+            presets[method] = mine.sort_values(f"best_{metric}_mean", ascending=(mode == "min"))
+    for p in (p for mine in presets.values() for _, p in mine.iterrows()):
+        rows.append(_row(PRESET_VS_REFERENCE, p["config_id"], f, variants, split, metric, margin))
+    for method in registry.compared():
+        for _, c in rows_of[method.name].iterrows():
+            rows.append(_row(CONFIG_VS_REFERENCE, c["config_id"], f, variants, split, metric, margin))
+    for mine in presets.values():
+        for (_, p), (_, q) in itertools.combinations(list(mine.iterrows()), 2):
+            rows.append(_row(PRESET_VS_PRESET, p["config_id"], q["config_id"], variants, split, metric, margin))
+    for method in registry.compared():
+        if method.name not in best:
+            continue
+        mine = rows_of[method.name]
+        top = mine[mine["variant"] == best[method.name]["variant"]]
+        for kind, key in method.ablations.items():  # within the best preset, each value of the key pairwise
+            col = method.column(key)
+            if col in top and top[col].nunique() > 1:
+                by_value = best_config_per(top, col, metric=metric, mode=mode).sort_values(col)
+                for (_, p), (_, q) in itertools.combinations(list(by_value.iterrows()), 2):
+                    rows.append(_row(kind, q["config_id"], p["config_id"], variants, split, metric, margin))
     return rows
 
 
 def test_comparisons(
-    split: Split | None, test: pd.DataFrame, *, best_lora: str | None, metric: str, margin: float,
+    split: Split | None, test: pd.DataFrame, *, best: dict[str, str], metric: str, margin: float,
     extra_metrics: Sequence[str] = (),
 ) -> list[dict]:  # fmt: skip
-    """Each LoRA configuration jobs.evaluate scored vs the FFT one, on test: ``lora_vs_fft`` for the best LoRA
-    configuration (on validation), ``preset_vs_fft`` for the other presets' bests."""
+    """The configurations jobs.evaluate scored, compared on test: each method's best (on validation; ``best``:
+    ``{method: config_id}``) vs FFT's and the other methods' bests among themselves (``lora_vs_fft``,
+    ``ia3_vs_lora``), and every other preset's best vs FFT's (``preset_vs_fft``)."""
     if split is None:
         return []
-    variant = {str(r["config_id"]): str(r["group"]) for _, r in test.iterrows() if str(r["group"]) != "lora"}
-    fft = [c for c, g in variant.items() if g == "fft" and c in split.seeds]
-    if not fft:
+    ref = registry.reference().name
+    evaluated = {str(c) for c in test["config_id"]} & set(split.seeds)
+    pairs = list(zip(test["group"].astype(str), test["config_id"].astype(str), strict=True))
+    # A method's configuration on test is the one evaluated for the method's group (jobs.evaluate --by method);
+    # evaluated per preset (--by variant), it is the method's best on validation.
+    best = {m: c for m, c in best.items() if c in evaluated}
+    best.update({g: c for g, c in pairs if registry.find(g) is not None and c in evaluated})
+    if ref not in best:
         return []
+    presets = {c: g for g, c in pairs if registry.find(g) is None}  # a preset's group names its variant
+    variants = {c: presets.get(c, c.split(" ")[0]) for c in evaluated}
+    metrics = (metric, *[x for x in extra_metrics if x != metric])
     rows = []
+    for a, b in registry.pairs(list(best)):
+        for m in metrics:
+            rows.append(_row(registry.kind(a, b), best[a.name], best[b.name], variants, split, m, margin))
     for config_id in split.seeds:
-        if config_id == fft[0]:
-            continue
-        main = config_id == best_lora or (best_lora is None and variant.get(config_id) is None)
-        for m in (metric, *[x for x in extra_metrics if x != metric]) if main else (metric,):
-            kind = "lora_vs_fft" if main else "preset_vs_fft"
-            rows.append(_row(kind, config_id, fft[0], {**variant, fft[0]: "fft"}, split, m, margin))
+        if config_id not in best.values():
+            rows.append(_row(PRESET_VS_REFERENCE, config_id, best[ref], variants, split, metric, margin))
     return rows
 
 

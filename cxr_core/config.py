@@ -1,7 +1,8 @@
 """Typed configuration of one trial, built from a (resolved) dict; unknown keys and wrong types fail early.
 
 A trial config is what one arm of a search space becomes once Tune has picked a value for every
-distribution: ``{name, method, model, data, train, lora, fft, evaluation, resources}``.
+distribution: ``{name, method, model, data, train, evaluation, resources}`` plus one section per registered
+method (``fft``, ``lora``, ...: see :mod:`cxr_core.methods`), of which the trial's ``method`` uses its own.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import numbers
 import typing
 from dataclasses import dataclass, field
 
+from cxr_core import methods
 from cxr_core.errors import CxrError
 
-METHODS = ("fft", "lora")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
@@ -62,26 +63,6 @@ class TrainConfig:
 
 
 @dataclass
-class LoraConfigSection:
-    """LoRA settings. ``alpha`` defaults to 2 * r; ``target_modules`` is a preset or a list of names."""
-
-    r: int = 8
-    alpha: float | None = None
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all_linear"
-    bias: str = "none"
-    use_rslora: bool = False
-    use_dora: bool = False
-
-
-@dataclass
-class FftConfigSection:
-    """Full fine-tuning settings: ``freeze`` a tower (``vision`` or ``text``) for partial baselines."""
-
-    freeze: str = "none"
-
-
-@dataclass
 class EvalConfig:
     """Validation: greedy generation of up to ``max_new_tokens``, parsed back into labels."""
 
@@ -99,17 +80,31 @@ class Resources:
 
 
 @dataclass
-class TrialConfig:
+class TrialBase:
+    """The settings every trial has; :class:`TrialConfig` adds one section per registered method."""
+
     name: str = "trial"
-    method: str = "fft"
+    method: str = methods.reference().name
     model: str = "embedded"
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    lora: LoraConfigSection = field(default_factory=LoraConfigSection)
-    fft: FftConfigSection = field(default_factory=FftConfigSection)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     resources: Resources = field(default_factory=Resources)
     keep_checkpoints: int = 1
+
+    @property
+    def adaptation(self) -> methods.Method:
+        """The trial's method, from the registry.
+
+        Raises:
+            CxrError: ``method`` names no registered method.
+        """
+        return methods.get(self.method)
+
+    @property
+    def method_settings(self):
+        """The trial's method's own section (e.g. its ``lora`` settings)."""
+        return getattr(self, self.adaptation.section)
 
     def checks(self) -> list[tuple[str, object, str]]:
         """Impossible values as (key, value, fix); empty when the config is sound."""
@@ -119,7 +114,12 @@ class TrialConfig:
             if not ok:
                 bad.append((key, value, fix))
 
-        need(self.method in METHODS, "method", self.method, f"must be one of {', '.join(METHODS)}")
+        need(
+            self.method in methods.names(),
+            "method",
+            self.method,
+            f"must be one of {', '.join(methods.names())}",
+        )
         t = self.train
         need(t.epochs >= 1, "train.epochs", t.epochs, "must be a positive integer")
         need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be a positive integer")
@@ -133,22 +133,8 @@ class TrialConfig:
         need(
             t.precision in PRECISIONS, "train.precision", t.precision, f"must be one of {', '.join(PRECISIONS)}"
         )
-        if self.method == "lora":
-            lo = self.lora
-            need(lo.r >= 1, "lora.r", lo.r, "must be a positive integer")
-            need(lo.alpha is None or lo.alpha > 0, "lora.alpha", lo.alpha, "must be a positive number")
-            need(0 <= lo.dropout < 1, "lora.dropout", lo.dropout, "must be in [0, 1)")
-            need(
-                isinstance(lo.target_modules, str) or len(lo.target_modules) > 0,
-                "lora.target_modules",
-                lo.target_modules,
-                "give a preset or a non-empty list",
-            )
-        if self.method == "lora":
-            need(self.lora.bias in ("none", "all", "lora_only"), "lora.bias", self.lora.bias,
-                 "must be none, all or lora_only")  # fmt: skip
-        need(self.fft.freeze in ("none", "vision", "text"), "fft.freeze", self.fft.freeze,
-             "must be none, vision or text")  # fmt: skip
+        if self.method in methods.names():
+            bad.extend(self.adaptation.checks(self.method_settings))
         need(
             self.evaluation.max_new_tokens >= 1,
             "evaluation.max_new_tokens",
@@ -194,9 +180,18 @@ class TrialConfig:
         need(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "must be >= 1")
         return bad
 
-    @property
-    def lora_alpha(self) -> float:
-        return self.lora.alpha if self.lora.alpha is not None else 2.0 * self.lora.r
+
+# One section per registered method, named after it (``fft: {freeze: none}``, ``lora: {r: 8, ...}``), with the
+# method's own dataclass and defaults: a new method brings its section with it.
+TrialConfig = dataclasses.make_dataclass(
+    "TrialConfig",
+    [(m.section, m.Section, field(default_factory=m.Section)) for m in methods.registered()],
+    bases=(TrialBase,),
+)
+TrialConfig.__module__ = __name__
+TrialConfig.__doc__ = (
+    """One trial: the common settings of :class:`TrialBase` and every registered method's section."""
+)
 
 
 def _coerce(value, hint, key: str):

@@ -1,4 +1,6 @@
-"""The model: GIT through ``transformers`` (hub id, folder, or the embedded tiny GIT), FFT or LoRA via ``peft``.
+"""The model: GIT through ``transformers`` (hub id, folder, or the embedded tiny GIT), its Linear layers by name
+and the target presets that name them. How a method adapts the model is its own module's business
+(:mod:`cxr_core.methods`).
 
 Module names (see DOMAIN.md): the vision tower's Linear layers end in ``q_proj, k_proj, v_proj, out_proj,
 fc1, fc2`` (under ``git.image_encoder``), the text decoder's in ``query, key, value, dense`` (under
@@ -8,7 +10,6 @@ fc1, fc2`` (under ``git.image_encoder``), the text decoder's in ``query, key, va
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -142,21 +143,17 @@ def model_skeleton(name: str) -> nn.Module | None:
         return GitForCausalLM(config)
 
 
-_TARGET_CACHE: dict[tuple[str, str], None] = {}
+_TARGET_CACHE: dict[tuple[str, str, str], None] = {}
 
 
-def check_targets(model_name: str, targets: str | list[str]) -> None:
-    """Raise CxrError when ``targets`` names no Linear layer of ``model_name`` (checked on a skeleton)."""
-    if isinstance(targets, str) and targets not in PRESETS:
-        raise CxrError(
-            f"unknown target preset {targets!r}; use one of {', '.join(PRESETS)} or a list of module names"
-        )
-    key = (model_name, repr(targets))
+def check_targets(model_name: str, targets, *, resolve=None) -> None:
+    """Raise CxrError when ``targets`` names no Linear layer of ``model_name`` (checked on a skeleton, once per
+    model, targets and resolver). ``resolve(model, targets)`` expands them (default :func:`resolve_targets`)."""
+    resolve = resolve or resolve_targets
+    key = (model_name, repr(targets), f"{resolve.__module__}.{resolve.__qualname__}")
     if key in _TARGET_CACHE:
         return
-    skeleton = model_skeleton(model_name)
-    if skeleton is not None:
-        resolve_targets(skeleton, targets)
+    resolve(model_skeleton(model_name), targets)
     _TARGET_CACHE[key] = None
 
 
@@ -223,86 +220,8 @@ def resolve_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     return chosen
 
 
-FREEZE = ("none", "vision", "text")
-LORA_BIAS = ("none", "all", "lora_only")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How the backbone is adapted.
-
-    Attributes:
-        method: ``fft`` (every parameter trains, but see ``freeze``) or ``lora``.
-        freeze: FFT only: ``vision`` freezes the image encoder, ``text`` the text decoder (embeddings,
-            layers and LM head) - partial fine-tuning baselines.
-        r, alpha, dropout, targets: LoRA rank, alpha, dropout and target modules (preset or list).
-        bias, use_rslora, use_dora: passed to peft's ``LoraConfig``.
-    """
-
-    method: str = "fft"
-    freeze: str = "none"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: str | tuple[str, ...] = "all_linear"
-    bias: str = "none"
-    use_rslora: bool = False
-    use_dora: bool = False
-
-
-def _tower_of(name: str) -> str:
-    if name.startswith("git.image_encoder."):
-        return "vision"
-    if name.startswith(("git.encoder.", "git.embeddings.", "output.")):
-        return "text"
-    return "other"  # visual projection, image-token embeddings
-
-
-def apply_method(model: nn.Module, spec: MethodSpec) -> nn.Module:
-    """Return the model ready to train: FFT (optionally with a frozen tower) or wrapped by ``peft`` for LoRA."""
-    if spec.method == "fft":
-        if spec.freeze not in FREEZE:
-            raise CxrError(f"fft.freeze must be one of {', '.join(FREEZE)}, got {spec.freeze!r}")
-        for name, p in model.named_parameters():
-            p.requires_grad_(spec.freeze == "none" or _tower_of(name) != spec.freeze)
-        return model
-    if spec.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        if spec.bias not in LORA_BIAS:
-            raise CxrError(f"lora.bias must be one of {', '.join(LORA_BIAS)}, got {spec.bias!r}")
-        targets = resolve_targets(model, spec.targets if isinstance(spec.targets, str) else list(spec.targets))
-        config = LoraConfig(
-            r=spec.r,
-            lora_alpha=spec.alpha,
-            lora_dropout=spec.dropout,
-            target_modules=targets,
-            bias=spec.bias,
-            use_rslora=spec.use_rslora,
-            use_dora=spec.use_dora,
-        )
-        return get_peft_model(model, config)
-    raise CxrError(f"unknown method {spec.method!r}; use fft or lora")
-
-
-def method_spec(config) -> MethodSpec:
-    """The :class:`MethodSpec` of a :class:`cxr_core.config.TrialConfig`."""
-    lo = config.lora
-    return MethodSpec(
-        method=config.method,
-        freeze=config.fft.freeze,
-        r=lo.r,
-        alpha=config.lora_alpha,
-        dropout=lo.dropout,
-        targets=lo.target_modules if isinstance(lo.target_modules, str) else tuple(lo.target_modules),
-        bias=lo.bias,
-        use_rslora=lo.use_rslora,
-        use_dora=lo.use_dora,
-    )
-
-
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; ``total`` includes the adapters of a LoRA model."""
+    """(trainable, total) parameter counts; ``total`` includes an adapter method's added parameters."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total

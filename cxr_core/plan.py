@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cxr_core.config import trial_config
-from cxr_core.model import apply_method, method_spec, model_skeleton, parameter_counts
+from cxr_core import methods
+from cxr_core.config import to_dict, trial_config
+from cxr_core.model import model_skeleton, parameter_counts
 
-PLAN_COLUMNS = ("trial", "arm", "method", "target_modules", "r", "lora_alpha", "freeze", "lr", "seed",
-                "trainable_params", "total_params", "trainable_pct", "est_train_memory_mb",
-                "est_train_memory_mb_bf16")  # fmt: skip
+# The method columns come from the registry: each method fills its own (FFT's freeze, LoRA's rank), the rest of a
+# row leaves them empty.
+PLAN_COLUMNS = ("trial", "arm", "method", *methods.plan_columns(), "lr", "seed", "trainable_params",
+                "total_params", "trainable_pct", "est_train_memory_mb", "est_train_memory_mb_bf16")  # fmt: skip
 
 
 def estimated_memory_mb(trainable: int, total: int, *, dtype: str = "fp32") -> float:
@@ -27,30 +29,23 @@ def estimated_memory_mb(trainable: int, total: int, *, dtype: str = "fp32") -> f
 
 
 def plan_table(configs: list[dict], *, model: str | None = None) -> pd.DataFrame:
-    """One row per resolved trial config (see :data:`PLAN_COLUMNS`); ``model`` overrides every trial's."""
+    """One row per resolved trial config (see :data:`PLAN_COLUMNS`); ``model`` overrides every trial's.
+
+    A method's columns (:attr:`cxr_core.methods.Method.plan_keys`) are filled on its own rows only: FFT's
+    ``freeze`` is blank on a LoRA row, LoRA's rank on an FFT row.
+    """
     rows = []
     for i, raw in enumerate(configs):
         cfg = trial_config({**raw, "model": model} if model else raw)
-        skeleton = model_skeleton(cfg.model)
-        if skeleton is None:
-            from cxr_core.errors import CxrError
-
-            raise CxrError(
-                f"cannot build {cfg.model} offline for planning; pass --model arch:git-base or a folder"
-            )
-        built = apply_method(skeleton, method_spec(cfg))
+        method = cfg.adaptation
+        built = method.wrap(model_skeleton(cfg.model), cfg.method_settings)
         trainable, total = parameter_counts(built)
-        lora = cfg.method == "lora"
-        targets = cfg.lora.target_modules
         rows.append(
             {
                 "trial": i,
                 "arm": cfg.name,
                 "method": cfg.method,
-                "target_modules": (targets if isinstance(targets, str) else ",".join(targets)) if lora else "",
-                "r": cfg.lora.r if lora else None,
-                "lora_alpha": cfg.lora_alpha if lora else None,
-                "freeze": cfg.fft.freeze if not lora else "",
+                **method.plan_row(method.from_arm(to_dict(cfg))),
                 "lr": cfg.train.lr,
                 "seed": cfg.train.seed,
                 "trainable_params": trainable,
@@ -60,4 +55,8 @@ def plan_table(configs: list[dict], *, model: str | None = None) -> pd.DataFrame
                 "est_train_memory_mb_bf16": estimated_memory_mb(trainable, total, dtype="bf16"),
             }
         )
-    return pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+    table = pd.DataFrame(rows, columns=list(PLAN_COLUMNS))
+    for col in methods.plan_columns():  # text columns (and a column no row fills): blank on the other rows
+        if not pd.api.types.is_numeric_dtype(table[col]) or table[col].isna().all():
+            table[col] = table[col].fillna("")
+    return table

@@ -2,7 +2,8 @@
 of :mod:`cxr_core.analysis` and its paired comparisons.
 
 Each figure function writes one file and returns its path, or raises :class:`NotDrawn` with the reason when
-the results cannot support it (no LoRA trial, one learning rate, ...); :func:`draw_all` collects both. The
+the results cannot support it (no LoRA trial, one learning rate, ...); :func:`draw_all` collects both. Colours,
+names and which settings a method's series show come from :mod:`cxr_core.methods`. The
 ``*_figure`` builders return the matplotlib figure before it is saved (the tests read its artists).
 
 Whiskers of a quality metric are the interval the configuration table holds for that row (its ``interval``
@@ -31,17 +32,11 @@ from matplotlib.ticker import MaxNLocator, NullLocator  # noqa: E402
 from matplotlib.transforms import offset_copy  # noqa: E402
 
 from cxr_core import analysis  # noqa: E402
-from cxr_core.analysis import LR, METHOD, RANK, TARGETS, best_config_per, variant_label  # noqa: E402
+from cxr_core import methods as registry  # noqa: E402
+from cxr_core.analysis import LR, METHOD, best_config_per, variant_label  # noqa: E402
+from cxr_core.comparison import CONFIG_VS_REFERENCE, PRESET_VS_REFERENCE, reference_kinds  # noqa: E402
 from cxr_core.labels import LABELS  # noqa: E402
 
-COLORS = {
-    "fft": "tab:red",
-    "lora:vision": "tab:blue",
-    "lora:text": "tab:green",
-    "lora:all_linear": "tab:purple",
-    "lora:attention": "tab:orange",
-    "lora:mlp": "tab:brown",
-}
 MARKERS = "osD^vP*X"
 DPI = 120
 MIN_MAX = "min-max"
@@ -51,11 +46,12 @@ INTERVAL_WORDS = {
     "t": "95% t interval over seeds",
     MIN_MAX: "min-max over seeds (fewer than 3 seeds)",
 }
-FOREST_KIND = "config_vs_fft"
-FOREST_TEST_KINDS = ("lora_vs_fft", "preset_vs_fft")
+FOREST_KIND = CONFIG_VS_REFERENCE
+FOREST_TEST_KINDS = (*reference_kinds(), PRESET_VS_REFERENCE)
+# A verdict's words ({a}: the row's method, {b}: the reference) and colour at the right of a forest row.
 VERDICT_WORDS = {
-    "a_better": ("LoRA better", "tab:green"),
-    "b_better": ("FFT better", "tab:red"),
+    "a_better": ("{a} better", "tab:green"),
+    "b_better": ("{b} better", "tab:red"),
     "equivalent": ("equivalent", "0.25"),
     "inconclusive": ("inconclusive", "0.45"),
 }
@@ -67,7 +63,14 @@ class NotDrawn(Exception):
 
 
 def _color(variant: str) -> str:
-    return COLORS.get(variant, "tab:gray")
+    """A variant's (or method's) colour, as its method declares it (:func:`cxr_core.methods.color`)."""
+    return registry.color(variant)
+
+
+def _titles(variants) -> list[str]:
+    """The display names of the methods of some variants, in registry order (``["FFT", "LoRA"]``)."""
+    found = {registry.method_of_label(v) for v in variants} - {None}
+    return [m.title for m in registry.registered() if m in found]
 
 
 def _unit(metric: str) -> str:
@@ -202,7 +205,7 @@ def val_loss_curves_figure(epochs: pd.DataFrame) -> Figure:
         seen.add(variant)
     _epoch_axis(ax, reported["epoch"])
     ax.set(
-        title="Validation loss per epoch, every trial: FFT vs LoRA",
+        title=f"Validation loss per epoch, every trial: {' vs '.join(_titles(seen))}",
         xlabel="epoch",
         ylabel="validation loss (mean token cross-entropy, nats)",
     )
@@ -266,7 +269,9 @@ def learning_curves(epochs: pd.DataFrame, configs: pd.DataFrame, out: Path, *, m
 
 
 def _variant_order(variant: str) -> tuple:
-    return (variant != "fft", variant)
+    """Panels and bars: the methods in registry order (FFT first), then the variant's name."""
+    method = registry.method_of_label(variant)
+    return (registry.rank(method.name if method else None), variant)
 
 
 def _shades(color: str, n: int) -> list[tuple]:
@@ -290,11 +295,12 @@ def _shape_label(group: pd.DataFrame) -> str:
 
 
 def _shape_key(group: pd.DataFrame) -> tuple:
+    """Series order within a panel: by the method's shape settings (LoRA's rank, then alpha), then the label."""
     first = group.iloc[0]
-    rank, alpha = pd.to_numeric(
-        pd.Series([first.get(RANK), first.get("lora_alpha_effective")]), errors="coerce"
-    )
-    return (-1.0 if math.isnan(rank) else rank, -1.0 if math.isnan(alpha) else alpha, _shape_label(group))
+    method = registry.of_row(first)
+    shape = method.shape(method.from_row(first)) if method is not None else []
+    values = pd.to_numeric(pd.Series([v for _, _, v in shape], dtype=object), errors="coerce").fillna(-1.0)
+    return (*values, _shape_label(group))
 
 
 def _lr_panel(fig: Figure, ax, done: pd.DataFrame, col: str) -> None:
@@ -322,12 +328,8 @@ def _lr_panel(fig: Figure, ax, done: pd.DataFrame, col: str) -> None:
     ax.set_title(done.iloc[0]["variant"], fontsize=9, color=_color(done.iloc[0]["variant"]))
     ax.set_xlabel("learning rate (log scale)")
     ax.grid(alpha=0.3)
-    ax.legend(
-        fontsize=7,
-        title="LoRA r / alpha" if done.iloc[0].get(METHOD) == "lora" else None,
-        title_fontsize=7,
-        loc="best",
-    )
+    method = registry.of_row(done.iloc[0])
+    ax.legend(fontsize=7, title=method.legend_title if method else None, title_fontsize=7, loc="best")
 
 
 def metric_vs_lr_figure(configs: pd.DataFrame, *, metric: str) -> Figure:
@@ -365,21 +367,24 @@ def metric_vs_lr(configs: pd.DataFrame, out: Path, *, metric: str) -> Path:
 
 
 def rank_alpha_heatmap(configs: pd.DataFrame, out: Path, *, metric: str, mode: str) -> Path:
-    """LoRA rank x alpha (as trained, 2r when left to the default): the mean ``metric`` of the best
-    configuration (over learning rates and other settings) in each cell, one panel per target preset."""
+    """The heatmap of a method's two shape settings (:attr:`cxr_core.methods.Method.grid`: LoRA's rank x alpha,
+    alpha as trained, 2r when left to the default): the mean ``metric`` of the best configuration (over learning
+    rates and other settings) in each cell, one panel per preset."""
     col = f"best_{metric}_mean"
-    lora = (
-        configs[configs.get(METHOD, pd.Series(dtype=object)) == "lora"]
-        if METHOD in configs
-        else configs.iloc[0:0]
-    )
-    lora = lora.dropna(subset=[col, RANK]) if col in lora and RANK in lora else lora.iloc[0:0]
-    if lora.empty:
-        raise NotDrawn("no LoRA configuration has reported yet")
-    presets = sorted(lora[TARGETS].astype(str).unique())
-    ranks = sorted(lora[RANK].astype(float).unique())
-    alphas = sorted(lora["lora_alpha_effective"].astype(float).unique())
-    vmin, vmax = lora[col].min(), lora[col].max()
+    method = next((m for m in registry.registered() if m.grid), None)
+    if method is None:
+        raise NotDrawn("no method has two shape settings to draw as a grid")
+    title, (rows_col, rows_label), (cols_col, cols_label) = method.grid
+    mine = configs[configs[METHOD] == method.name] if METHOD in configs else configs.iloc[0:0]
+    have = [c for c in (col, rows_col, cols_col) if c in mine]
+    mine = mine.dropna(subset=have) if len(have) == 3 else mine.iloc[0:0]
+    if mine.empty:
+        raise NotDrawn(f"no {method.title} configuration has reported yet")
+    mine = mine.assign(_preset=[registry.variant_value_of_row(r) for _, r in mine.iterrows()])
+    presets = sorted(mine["_preset"].unique())
+    ranks = sorted(mine[rows_col].astype(float).unique())
+    alphas = sorted(mine[cols_col].astype(float).unique())
+    vmin, vmax = mine[col].min(), mine[col].max()
     fig, axes = plt.subplots(
         1,
         len(presets),
@@ -392,8 +397,8 @@ def rank_alpha_heatmap(configs: pd.DataFrame, out: Path, *, metric: str, mode: s
     for k, (ax, preset) in enumerate(zip(axes[0], presets, strict=True)):
         grid = np.full((len(ranks), len(alphas)), np.nan)
         seeds = np.zeros_like(grid)
-        for _, row in lora[lora[TARGETS].astype(str) == preset].iterrows():
-            i, j = ranks.index(float(row[RANK])), alphas.index(float(row["lora_alpha_effective"]))
+        for _, row in mine[mine["_preset"] == preset].iterrows():
+            i, j = ranks.index(float(row[rows_col])), alphas.index(float(row[cols_col]))
             better = np.isnan(grid[i, j]) or (row[col] > grid[i, j] if mode == "max" else row[col] < grid[i, j])
             if better:
                 grid[i, j], seeds[i, j] = row[col], row["n_seeds"]
@@ -419,13 +424,12 @@ def rank_alpha_heatmap(configs: pd.DataFrame, out: Path, *, metric: str, mode: s
         ax.set_xticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_yticks(range(len(ranks)), [f"{r:g}" for r in ranks])
         ax.set_title(f"preset {preset}", fontsize=9)
-        ax.set_xlabel("LoRA alpha")
+        ax.set_xlabel(cols_label)
         if k == 0:
-            ax.set_ylabel("LoRA rank r")
+            ax.set_ylabel(rows_label)
     fig.colorbar(image, ax=axes[0].tolist(), label=f"validation {metric} ({_unit(metric)})", shrink=0.9)
     fig.suptitle(
-        f"LoRA rank x alpha: validation {metric}, mean over seeds (best over learning rates; "
-        f"alpha = 2r when not set)",
+        f"{title}: validation {metric}, mean over seeds (best over learning rates; alpha = 2r when not set)",
         fontsize=10,
     )
     return _save(fig, out / "lora_rank_alpha_heatmap.png", tight=False)
@@ -437,45 +441,56 @@ def target_module_ablation_figure(
     """The figure of :func:`target_module_ablation`, not yet saved."""
     col = f"best_{metric}"
     best = best_config_per(configs, "variant", metric=metric, mode=mode)
-    lora = best[best.get(METHOD, pd.Series(dtype=object)) == "lora"] if METHOD in best else best.iloc[0:0]
-    if lora.empty:
-        raise NotDrawn("no LoRA configuration has reported yet")
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(lora) + 3), 4.8))
-    x = np.arange(len(lora))
-    means = lora[f"{col}_mean"].astype(float).to_numpy()
-    ax.bar(x, means, color=[_color(v) for v in lora["variant"]], alpha=0.85)
-    _whiskers(ax, x, means, *_bounds(lora, col), _kinds(lora), capsize=5)
+    ref = registry.reference()
+    with_presets = [m for m in registry.compared() if m.variant_key]
+    names = [m.name for m in with_presets]
+    mine = best[best[METHOD].isin(names)] if METHOD in best else best.iloc[0:0]
+    if mine.empty:
+        raise NotDrawn(f"no {' or '.join(m.title for m in with_presets)} configuration has reported yet")
+    mine = mine.iloc[sorted(range(len(mine)), key=lambda i: _variant_order(mine["variant"].iloc[i]))]
+    several = mine[METHOD].nunique() > 1
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(mine) + 3), 4.8))
+    x = np.arange(len(mine))
+    means = mine[f"{col}_mean"].astype(float).to_numpy()
+    ax.bar(x, means, color=[_color(v) for v in mine["variant"]], alpha=0.85)
+    _whiskers(ax, x, means, *_bounds(mine, col), _kinds(mine), capsize=5)
+    preset = [
+        registry.display(row["variant"]) if several else registry.variant_value_of_row(row)
+        for _, row in mine.iterrows()
+    ]
     ticks = [
-        f"{row[TARGETS]}\n{_short_config(row)}\n{row[f'{col}_mean']:.3f} (n={int(row['n_seeds'])})"
-        for _, row in lora.iterrows()
+        f"{p}\n{_short_config(row)}\n{row[f'{col}_mean']:.3f} (n={int(row['n_seeds'])})"
+        for p, (_, row) in zip(preset, mine.iterrows(), strict=True)
     ]
     ax.set_xticks(x, ticks, fontsize=8)
-    fft = best[best[METHOD] == "fft"].iloc[:1] if METHOD in best else best.iloc[0:0]
-    shown = list(_kinds(lora))
+    fft = best[best[METHOD] == ref.name].iloc[:1] if METHOD in best else best.iloc[0:0]
+    shown = list(_kinds(mine))
     if len(fft):
         f = fft.iloc[0]
         ax.axhline(
             f[f"{col}_mean"],
-            color=_color("fft"),
+            color=_color(ref.name),
             linewidth=1.5,
-            label=f"best FFT ({f['config_id']}, n={int(f['n_seeds'])}): {f[f'{col}_mean']:.3f}",
+            label=f"best {ref.title} ({f['config_id']}, n={int(f['n_seeds'])}): {f[f'{col}_mean']:.3f}",
         )
         (lo,), (hi,) = _bounds(fft, col)
         if np.isfinite(lo) and np.isfinite(hi):
             kind = _kinds(fft).iloc[0]
             shown.append(kind)
-            ax.axhspan(lo, hi, color=_color("fft"), alpha=0.12, label=f"FFT {_interval_text([kind])}")
+            ax.axhspan(
+                lo, hi, color=_color(ref.name), alpha=0.12, label=f"{ref.title} {_interval_text([kind])}"
+            )
     if baseline is not None:
         ax.axhline(
             baseline, color="black", linestyle="--", linewidth=1, label=f"constant baseline: {baseline:.3f}"
         )
     ax.set(
         title=_wrap(
-            f"Target-module ablation: validation {metric} per LoRA preset\n(best configuration of each, "
-            f"mean over seeds; whiskers: {_interval_text(shown)})",
+            f"Target-module ablation: validation {metric} per {' and '.join(_titles(mine['variant']))} preset\n"
+            f"(best configuration of each, mean over seeds; whiskers: {_interval_text(shown)})",
             width=int(11 * fig.get_figwidth()),
         ),
-        xlabel="LoRA target modules (preset)",
+        xlabel=f"{' / '.join(_titles(mine['variant']))} target modules (preset)",
         ylabel=f"validation {metric} ({_unit(metric)})",
     )
     ax.title.set_fontsize(10)
@@ -596,16 +611,21 @@ def per_label_f1_figure(configs: pd.DataFrame, *, metric: str, mode: str) -> Fig
         best_config_per(configs, METHOD, metric=metric, mode=mode) if METHOD in configs else configs.iloc[0:0]
     )
     picks = {row[METHOD]: best.loc[[i]] for i, row in best.iterrows()}
-    if not {"fft", "lora"} <= set(picks):
-        raise NotDrawn(f"needs both methods; results have {', '.join(sorted(picks)) or 'none'}")
+    shown = [m for m in registry.registered() if m.name in picks]  # the reference first
+    ref = registry.reference()
+    if ref not in shown or len(shown) < 2:
+        have = ", ".join(m.name for m in shown) or "none"
+        raise NotDrawn(f"needs {ref.title} and another method; results have {have}")
     cols = [f"best_f1/{label}" for label in LABELS]
     if not all(f"{c}_mean" in configs for c in cols):
         raise NotDrawn("the trials did not report per-label F1 (f1/<Label>)")
     fig, ax = plt.subplots(figsize=(12, 5))
     x = np.arange(len(LABELS))
     kinds = []
-    for offset, method in ((-0.2, "fft"), (0.2, "lora")):
-        pick = picks[method]
+    width = 0.8 / len(shown)
+    for i, method in enumerate(shown):
+        offset = (i - (len(shown) - 1) / 2) * width  # two methods: -0.2 and +0.2
+        pick = picks[method.name]
         row = pick.iloc[0]
         means = np.clip(np.array([float(row[f"{c}_mean"]) for c in cols]), 0.0, 1.0)
         kind = _kinds(pick).iloc[0]
@@ -613,17 +633,17 @@ def per_label_f1_figure(configs: pd.DataFrame, *, metric: str, mode: str) -> Fig
         ax.bar(
             x + offset,
             means,
-            width=0.4,
+            width=width,
             color=_color(row["variant"]),
             alpha=0.85,
-            label=f"best {method.upper()}: {row['config_id']} (n={int(row['n_seeds'])})",
+            label=f"best {method.title}: {row['config_id']} (n={int(row['n_seeds'])})",
         )
         lo, hi = np.array([[end[0] for end in _bounds(pick, c)] for c in cols]).T  # (2, 14), inside [0, 1]
         _whiskers(ax, x + offset, means, lo, hi, [kind] * len(x), capsize=2)
     ax.set_xticks(x, [label.replace("_", " ") for label in LABELS], rotation=35, ha="right", fontsize=8)
     ax.set(
-        title=f"Per-label F1 on validation: best FFT vs best LoRA configuration\n(mean over seeds; whiskers: "
-        f"{_interval_text(kinds)})",
+        title=f"Per-label F1 on validation: {' vs '.join(f'best {m.title}' for m in shown)} configuration\n(mean "
+        f"over seeds; whiskers: {_interval_text(kinds)})",
         xlabel="CheXpert label",
         ylabel="F1 (0-1)",
         ylim=(0, 1.06),  # whiskers end inside [0, 1]: the axis shows them whole
@@ -635,8 +655,8 @@ def per_label_f1_figure(configs: pd.DataFrame, *, metric: str, mode: str) -> Fig
 
 
 def per_label_f1(configs: pd.DataFrame, out: Path, *, metric: str, mode: str) -> Path:
-    """F1 of each of the 14 labels (validation, mean over seeds with its interval) of the best FFT and the best
-    LoRA configuration, side by side."""
+    """F1 of each of the 14 labels (validation, mean over seeds with its interval) of the best configuration of
+    each method (FFT and every other one with results), side by side."""
     return _save(per_label_f1_figure(configs, metric=metric, mode=mode), out / "per_label_f1.png")
 
 
@@ -673,7 +693,7 @@ def cost_per_method_figure(configs: pd.DataFrame, *, metric: str, mode: str, mem
         else:
             ax.set_ylim(bottom=0)
         ax.set_xticks(x, best["variant"], rotation=20, fontsize=8)
-        ax.set(ylabel=f"{what} ({unit})", xlabel="method / LoRA preset")
+        ax.set(ylabel=f"{what} ({unit})", xlabel="method / preset")
         kind = f"\n({memory_kind})" if col == "peak_mem_mb" and memory_kind else ""
         ax.set_title(f"{what} ({unit}){kind}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
@@ -696,8 +716,9 @@ FOREST_COLUMNS = ("a", "b", "kind", "a_variant", "split", "metric", "difference"
 
 
 def _forest_rows(comparisons: pd.DataFrame | None, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The config_vs_fft rows of ``metric`` (validation ones when both splits are there), and the test-split
-    rows of the best LoRA / best preset against FFT."""
+    """The config_vs_fft rows of ``metric`` (validation ones when both splits are there: every configuration of
+    every other method against the best FFT one), and the test-split rows of each method's best and the best
+    presets against FFT."""
     if comparisons is None or comparisons.empty:
         raise NotDrawn("no paired comparisons (they need per-image records of the evaluated configurations)")
     missing = [c for c in FOREST_COLUMNS if c not in comparisons]
@@ -721,9 +742,12 @@ def _forest_row(ax, row, y: float, *, test: bool) -> None:
     ax.plot([row["difference"]], [y], linestyle="none", color=color, zorder=3, **style)
     ends = [_column(row.to_frame().T, k) for k in ("lo", "hi")]
     _whiskers(ax, [y], [row["difference"]], *ends, color=color, horizontal=True, capsize=2 if test else 3)
+    a, b = (registry.method_of_label(str(row[k])) for k in ("a_variant", "b_variant"))
+    names = {"a": a.title if a else str(row["a"]), "b": b.title if b else str(row["b"])}
     words, tone = VERDICT_WORDS.get(str(row["verdict"]), (str(row["verdict"]), "0.3"))
+    words = words.format(**names)
     p = row.get("p_a_better")
-    chance = "" if analysis._isnan(p) else f", P(LoRA better)={float(p):.2f}"
+    chance = "" if analysis._isnan(p) else f", P({names['a']} better)={float(p):.2f}"
     ax.text(
         1.01,
         y,
@@ -739,7 +763,7 @@ def forest_plot_figure(comparisons: pd.DataFrame, *, metric: str, margin: float)
     """The figure of :func:`forest_plot`, not yet saved."""
     rows, test = _forest_rows(comparisons, metric)
     lower = _lower_is_better(metric)
-    rows = rows.sort_values("difference", ascending=not lower, kind="stable")  # the better LoRA on top
+    rows = rows.sort_values("difference", ascending=not lower, kind="stable")  # the better configuration on top
     ys = {a: float(i) for i, a in enumerate(rows["a"])}
     extra = [a for a in dict.fromkeys(test["a"]) if a not in ys]  # test rows without a validation row
     ys.update({a: float(len(rows) + j) for j, a in enumerate(extra)})
@@ -753,21 +777,24 @@ def forest_plot_figure(comparisons: pd.DataFrame, *, metric: str, margin: float)
     for variant in sorted(set(map(str, pd.concat([rows["a_variant"], test["a_variant"]])))):  # legend only
         ax.plot([], [], "o", color=_color(variant), label=variant)
     if len(test):
-        ax.plot([], [], "D", markerfacecolor="none", color="0.3", label="test split (best LoRA / preset)")
+        ax.plot([], [], "D", markerfacecolor="none", color="0.3", label="test split (best per method / preset)")
     labels = [a if a not in extra else f"{a} (test only)" for a in ys]
     ax.set_yticks(list(ys.values()), labels, fontsize=8)
     ax.set_ylim(-0.8, len(ys) - 0.4)
     fft = ", ".join(dict.fromkeys(map(str, rows["b"])))
+    ref = registry.reference().title
+    others = " / ".join(_titles(rows["a_variant"].astype(str)))
     split = "/".join(dict.fromkeys(map(str, rows["split"])))
     images = pd.to_numeric(rows.get("n_images", pd.Series(dtype=float)), errors="coerce").dropna().unique()
     on = f" on {int(images[0])} {split} images" if len(images) == 1 else f" on the {split} split"
     ax.set(
         title=_wrap(
-            f"{metric}: paired difference to the best FFT configuration ({fft}), per LoRA configuration{on}\n(point: difference; whisker: 95% paired bootstrap interval; shaded: "
-            f"equivalence band ±{margin:g}; right: verdict)",
+            f"{metric}: paired difference to the best {ref} configuration ({fft}), per {others} configuration{on}\n"
+            f"(point: difference; whisker: 95% paired bootstrap interval; shaded: equivalence band ±{margin:g}; "
+            "right: verdict)",
             width=130,
         ),
-        xlabel=f"difference in {metric} (LoRA - FFT)" + (", lower is better" if lower else ""),
+        xlabel=f"difference in {metric} ({others} - {ref})" + (", lower is better" if lower else ""),
     )
     ax.title.set_fontsize(10)
     ax.grid(alpha=0.3, axis="x")
@@ -779,9 +806,10 @@ def forest_plot_figure(comparisons: pd.DataFrame, *, metric: str, margin: float)
 
 
 def forest_plot(comparisons: pd.DataFrame, out: Path, *, metric: str, margin: float) -> Path:
-    """Forest plot of the paired comparisons: for every LoRA configuration, its difference in ``metric`` to the
-    best FFT configuration with the 95% paired bootstrap interval, the equivalence band ``±margin`` shaded and
-    the verdict at the right; test-split comparisons of the best LoRA / best preset as hollow diamonds.
+    """Forest plot of the paired comparisons: for every configuration of a method other than FFT (LoRA, ...), its
+    difference in ``metric`` to the best FFT configuration with the 95% paired bootstrap interval, the equivalence
+    band ``±margin`` shaded and the verdict at the right; test-split comparisons of each method's best and the
+    best presets as hollow diamonds.
 
     Args:
         comparisons: one row per paired comparison (``a``, ``b``, ``kind``, ``a_variant``, ``split``,
@@ -819,6 +847,10 @@ def draw_all(
         ``{file name: what it shows}``, or ``"not drawn: <reason>"`` for a figure the results cannot support.
     """
     whiskers = _interval_text(_kinds(configs))
+    ref = registry.reference().title
+    present = _titles(configs["variant"].astype(str)) if "variant" in configs else []
+    others = " / ".join(t for t in present if t != ref) or "other-method"
+    grid = next((m for m in registry.registered() if m.grid), None)
     jobs = {
         "metric_vs_lr.png": (
             f"validation {metric} vs learning rate (log x), one panel per method/preset, points at the exact "
@@ -826,11 +858,11 @@ def draw_all(
             lambda: metric_vs_lr(configs, out, metric=metric),
         ),
         "lora_rank_alpha_heatmap.png": (
-            f"LoRA rank x alpha heatmap of validation {metric}, one panel per preset",
+            f"{grid.grid[0] if grid else 'no'} heatmap of validation {metric}, one panel per preset",
             lambda: rank_alpha_heatmap(configs, out, metric=metric, mode=mode),
         ),
         "target_module_ablation.png": (
-            f"one bar per LoRA target preset (whiskers: {whiskers}), best FFT as reference line",
+            f"one bar per {others} target preset (whiskers: {whiskers}), best {ref} as reference line",
             lambda: target_module_ablation(configs, out, metric=metric, mode=mode, baseline=baseline),
         ),
         "quality_vs_trainable_params.png": (
@@ -849,7 +881,7 @@ def draw_all(
         ),
         "val_loss_curves.png": ("val loss per epoch of every trial", lambda: val_loss_curves(epochs, out)),
         "per_label_f1.png": (
-            "per-label F1 (14 labels) of the best FFT vs the best LoRA configuration",
+            f"per-label F1 (14 labels) of the best configuration of each method ({' vs '.join(present) or '-'})",
             lambda: per_label_f1(configs, out, metric=metric, mode=mode),
         ),
         "cost_per_method.png": (
@@ -858,8 +890,8 @@ def draw_all(
             lambda: cost_per_method(configs, out, metric=metric, mode=mode, memory_kind=memory_kind),
         ),
         "forest_plot.png": (
-            f"paired difference in {metric} of every LoRA configuration to the best FFT configuration, 95% paired "
-            f"bootstrap intervals, equivalence band ±{margin:g}, verdict per row",
+            f"paired difference in {metric} of every {others} configuration to the best {ref} configuration, 95% "
+            f"paired bootstrap intervals, equivalence band ±{margin:g}, verdict per row",
             lambda: forest_plot(comparisons, out, metric=metric, margin=margin),
         ),
     }

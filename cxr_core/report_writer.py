@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_core import analysis, comparison, plots
+from cxr_core import analysis, comparison, methods, plots
 from cxr_core.errors import CxrError
 
 log = logging.getLogger(__name__)
@@ -99,27 +99,29 @@ def _arm(row) -> dict:
 
 
 def planned_cost(configs: pd.DataFrame, *, metric: str, mode: str, model: str = TARGET_SCALE) -> dict | None:
-    """Trainable parameters and planned training memory of the best FFT and LoRA configurations at the study's
-    target scale (:mod:`cxr_core.plan`); None when the sweep already ran a large model or a plan fails."""
+    """Trainable parameters and planned training memory of each method's best configuration at the study's target
+    scale (:mod:`cxr_core.plan`): ``{"model", "methods": {method: {"trainable", "memory_mb"}}}``. None when the
+    sweep has no reference (FFT) and other method to compare, already ran a large model, or a plan fails."""
     from cxr_core.plan import plan_table
 
     rows = analysis.best_config_per(configs, analysis.METHOD, metric=metric, mode=mode)
     best = {r[analysis.METHOD]: r for _, r in rows.iterrows()}
-    if not {"fft", "lora"} <= set(best):
+    order = [m.name for m in methods.registered() if m.name in best]
+    ref = methods.reference().name
+    if ref not in best or len(order) < 2:
         return None
-    if str(best["fft"].get("config/model", "embedded")) not in ("embedded", "nan"):
+    if str(best[ref].get("config/model", "embedded")) not in ("embedded", "nan"):
         return None  # the sweep's own model is the scale to read: its measured cost is the answer
     try:
-        plan = plan_table([_arm(best["fft"]), _arm(best["lora"])], model=model)
+        plan = plan_table([_arm(best[m]) for m in order], model=model)
     except (CxrError, ValueError, TypeError, KeyError):
         return None
-    fft, lora = plan.iloc[0], plan.iloc[1]
     return {
         "model": model.removeprefix("arch:"),
-        "fft_trainable": int(fft["trainable_params"]),
-        "lora_trainable": int(lora["trainable_params"]),
-        "fft_memory_mb": float(fft["est_train_memory_mb"]),
-        "lora_memory_mb": float(lora["est_train_memory_mb"]),
+        "methods": {
+            m: {"trainable": int(row["trainable_params"]), "memory_mb": float(row["est_train_memory_mb"])}
+            for m, (_, row) in zip(order, plan.iterrows(), strict=True)
+        },
     }
 
 
@@ -148,10 +150,10 @@ def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin,
     extra = [m for m in ("label_f1_macro",) if m != metric]
     rows = comparison.validation_comparisons(configs, val, metric=metric, mode=mode, margin=margin,
                                              extra_metrics=extra)  # fmt: skip
-    best_lora = analysis.best_config_per(configs, analysis.METHOD, metric=metric, mode=mode)
-    best_lora = best_lora[best_lora[analysis.METHOD] == "lora"]["config_id"]
-    rows += comparison.test_comparisons(tst, test, best_lora=best_lora.iloc[0] if len(best_lora) else None,
-                                        metric=metric, margin=margin, extra_metrics=extra)  # fmt: skip
+    best = analysis.best_config_per(configs, analysis.METHOD, metric=metric, mode=mode)
+    best = dict(zip(best[analysis.METHOD], best["config_id"].astype(str), strict=True))
+    rows += comparison.test_comparisons(tst, test, best=best, metric=metric, margin=margin,
+                                        extra_metrics=extra)  # fmt: skip
     out["configs"] = comparison.with_bootstrap_intervals(configs, val)
     out["comparisons"] = comparison.comparisons_frame(rows)
     out["sparse"] = val.sparse() if val is not None else []
@@ -270,6 +272,8 @@ def write_report(
                 + "\n"
             )
         (tmp / "summary.md").write_text(summary)
+        objective = {"metric": metric, "mode": mode, "source": source}
+        (tmp / "objective.json").write_text(json.dumps(objective, indent=1) + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -282,3 +286,30 @@ def write_report(
     else:
         tmp.rename(out)
     return out
+
+
+def answer_lines(report: Path, metric: str | None = None) -> list[str]:
+    """The study's answer in a few lines, from a written report folder: the paired verdicts of each method's best
+    against FFT's (test, then validation) on ``metric`` (default: the one the report chose by, objective.json),
+    each method's share of FFT's quality and its cost (measured here and planned at git-base)."""
+    if metric is None:
+        metric = json.loads((Path(report) / "objective.json").read_text())["metric"]
+    lines = []
+    comparisons = pd.read_csv(Path(report) / "comparisons.csv")
+    main = comparisons[
+        comparisons["kind"].isin(comparison.reference_kinds()) & (comparisons["metric"] == metric)
+    ]
+    for split in ("test", "val"):
+        lines += main[main["split"] == split]["sentence"].tolist()
+    text = (Path(report) / "summary.md").read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
+    starts = tuple(f"- The best {m.title} configuration" for m in methods.compared()) + ("- Planned at",)
+    for line in text.splitlines():
+        if line.startswith(starts):
+            lines.append(line[2:].split(" For what the methods cost")[0])
+    return lines
+
+
+def report_files(report: Path) -> str:
+    """Where to read on: the summary and the diagrams of a report folder, in one line."""
+    pngs = sorted(p.name for p in Path(report).glob("*.png"))
+    return f"summary: {Path(report) / 'summary.md'}; diagrams ({len(pngs)}) in {report}/: {', '.join(pngs)}"

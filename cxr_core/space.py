@@ -437,12 +437,11 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
             check_targets(model, "all_linear")  # the model itself: a missing folder fails here
         except CxrError as exc:
             raise CxrError(f"`model`: {exc} (in {study.path})") from None
-    for cfg in checked:
-        if cfg.method == "lora":
-            try:
-                check_targets(cfg.model, cfg.lora.target_modules)
-            except CxrError as exc:
-                raise CxrError(f"arm {cfg.name}: `lora.target_modules`: {exc} (in {study.path})") from None
+    for cfg in checked:  # each method checks its settings against the model (LoRA's target modules, ...)
+        try:
+            cfg.adaptation.check_model(cfg.model, cfg.method_settings)
+        except CxrError as exc:
+            raise CxrError(f"arm {cfg.name}: {exc} (in {study.path})") from None
     return checked
 
 

@@ -39,18 +39,21 @@ def flat_params(arm: dict) -> dict:
     by its own name (``lr``, ``seed``, ``r``, ``alpha``, ``target_modules``), the arm's ``name`` as ``arm``; a
     name two sections share gets its section in front (``evaluation_batch_size``). Only the trial's own method
     section is kept; data paths, resources and unset values are left out; lists become comma-joined strings."""
-    from cxr_core.config import METHODS, to_dict, trial_config
+    from cxr_core import methods
+    from cxr_core.config import to_dict, trial_config
 
     try:
         resolved = to_dict(trial_config(arm))
     except Exception:  # noqa: BLE001 - a config the trial itself rejected: show what was given
         resolved = dict(arm)
-    method = resolved.get("method")
-    if method == "lora" and isinstance(resolved.get("lora"), dict):
-        resolved["lora"]["alpha"] = trial_config(arm).lora_alpha  # the default (2r) made explicit
-    resolved = {
-        k: v for k, v in resolved.items() if k not in _NOT_HPARAMS and (k not in METHODS or k == method)
-    }
+    method = methods.find(resolved.get("method"))
+    sections = {m.section for m in methods.registered()}
+    own = method.section if method else None
+    resolved = {k: v for k, v in resolved.items() if k not in _NOT_HPARAMS and (k not in sections or k == own)}
+    if method is not None and isinstance(resolved.get(own), dict):
+        # Defaults a method derives (LoRA's alpha = 2r) made explicit, as the report's labels show them.
+        for _, long, value in method.shape(method.from_arm(arm)):
+            resolved[own][long] = value
     leaves: list = []
     _leaves((), resolved, leaves)
     leaves = [(p, v) for p, v in leaves if p and p[-1] not in _NOT_HPARAMS and v is not None]

@@ -1,8 +1,9 @@
 """One trial as a function of its config: setup -> (train epoch -> evaluate -> report) x epochs.
 
 No Ray here: the caller passes ``report(metrics, checkpoint_dir)``; :mod:`cxr_core.tune_runner` forwards it
-to ``ray.tune.report``. Each epoch writes a checkpoint folder: ``model/`` (a PEFT adapter for LoRA, a
-``save_pretrained`` safetensors model for FFT) and ``trial_state.json``.
+to ``ray.tune.report``. Each epoch writes a checkpoint folder: ``model/`` (a PEFT adapter for an adapter method
+such as LoRA, a ``save_pretrained`` safetensors model for FFT: see :mod:`cxr_core.methods`) and
+``trial_state.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
 from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
-from cxr_core.model import apply_method, load_model, load_processor, method_spec, parameter_counts
+from cxr_core.model import load_model, load_processor, parameter_counts
 from cxr_core.records import ImageRecords, image_records, records_name, save_records
 
 Report = Callable[[dict, "Path | None"], None]
@@ -128,12 +129,10 @@ def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None =
     import peft  # noqa: F401  (imported before metering for every method, so imports never count as memory)
 
     meter.start()
-    model = load_model(config.model)
-    spec = method_spec(config)
-    model = apply_method(model, spec)
+    model = config.adaptation.wrap(load_model(config.model), config.method_settings)
     start_epoch = 0
     if resume_from is not None:
-        start_epoch = _load_checkpoint(model, resume_from)
+        start_epoch = _load_checkpoint(config, model, resume_from)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
@@ -240,13 +239,9 @@ def evaluate_model(
 
 
 def load_checkpoint_model(config: TrialConfig, folder: Path) -> torch.nn.Module:
-    """The model saved in a checkpoint folder: base + PEFT adapter for LoRA, the full model for FFT."""
-    weights = Path(folder) / "model"
-    if config.method == "lora":
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(load_model(config.model), weights)
-    return load_model(str(weights))
+    """The model saved in a checkpoint folder, as the trial's method reloads it (base model + adapter, or the full
+    model; :meth:`cxr_core.methods.Method.load_checkpoint` refuses the other kind)."""
+    return config.adaptation.load_checkpoint(config.model, Path(folder) / "model")
 
 
 def save_checkpoint(s: Setup, folder: Path, epoch: int) -> int:
@@ -268,20 +263,16 @@ def _load_training_state(s: Setup, folder: Path) -> None:
         s.scheduler.load_state_dict(state["scheduler"])
 
 
-def _load_checkpoint(model: torch.nn.Module, folder: Path) -> int:
+def _load_checkpoint(config: TrialConfig, model: torch.nn.Module, folder: Path) -> int:
+    """Put a checkpoint's weights into the trial's freshly wrapped model, as its method loads them (an adapter's
+    into the adapter, a full model's strictly into the model); returns the checkpoint's epoch."""
     from safetensors.torch import load_file
 
-    weights = folder / "model"
-    files = sorted(weights.glob("*.safetensors"))
+    config.adaptation.check_checkpoint(folder / "model")
     state = {}
-    for f in files:
+    for f in sorted((folder / "model").glob("*.safetensors")):
         state.update(load_file(str(f)))
-    if hasattr(model, "peft_config"):
-        from peft import set_peft_model_state_dict
-
-        set_peft_model_state_dict(model, state)
-    else:
-        model.load_state_dict(state, strict=False)
+    config.adaptation.load_state(model, state, where=f"checkpoint {folder}")
     return int(json.loads((folder / "trial_state.json").read_text())["epoch"])
 
 

@@ -1,7 +1,7 @@
 """Orchestration: the only module that imports Ray. A validated :class:`Study` -> a Ray Tune run.
 
 The param space holds one grid over the arms (each arm repeated ``num_samples`` times); Tune resolves the
-distributions nested inside each arm, so FFT and LoRA each get their own ranges. Resources are per arm.
+distributions nested inside each arm, so each method gets its own ranges. Resources are per arm.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ def trainable(config: dict) -> None:
     from cxr_core import checkpoint_check, faults
     from cxr_core.trial import run_trial
 
+    if os.environ.get("CXR_VERBOSE", "0") != "1":
+        from cxr_core.console import quiet_worker
+
+        quiet_worker()
     node_id = ray.get_runtime_context().get_node_id()
     # The newest intact checkpoint: a damaged one (cut short by a kill or a full disk) is skipped, and said so.
     resume, recovery = checkpoint_check.resume_folder(tune.get_checkpoint())
@@ -148,12 +152,12 @@ def _resources(config: dict) -> dict:
     return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
 
 
-def _trial_dirname(trial) -> str:
-    arm = trial.config.get("arm", {})
-    method = arm.get("method", "trial")
-    preset = arm.get("lora", {}).get("target_modules") if method == "lora" else None
-    tag = f"{method}-{preset}" if isinstance(preset, str) else method
-    return f"{arm.get('name', 'arm')}_{tag}_{trial.trial_id}"
+def _trial_name(trial) -> str:
+    """A trial's one name (console, folder, TensorBoard, MLflow, report): its configuration and seed, then Tune's
+    id, ``lora-text-r16-a32-lr0.005-s0_c1f95_00012`` (:func:`cxr_core.console.trial_name`)."""
+    from cxr_core.console import trial_name
+
+    return f"{trial_name(trial.config.get('arm', {}))}_{trial.trial_id}"
 
 
 def _scheduler(study: Study):
@@ -249,6 +253,9 @@ def run_study(
 ):
     """Run every trial of ``study``; results go to ``{storage}/{name}`` (default ``ray_results/NAME``).
 
+    ``verbose``: 0 prints nothing while it runs, 1 the sweep's live table (:mod:`cxr_core.console`), 2 Ray Tune's
+    own output in full.
+
     Every trial writes TensorBoard event files with flat hyperparameters (:mod:`cxr_core.tracking`); with
     ``mlflow`` (a tracking URI, or ``""`` for the local store in the results folder) each trial is also an
     MLflow run.
@@ -276,6 +283,12 @@ def run_study(
                            "--mlflow URI of a tracking server")  # fmt: skip
         local = Path(storage) / name
         callbacks.append(mlflow_callback(mlflow or None, results=local, name=name, metric=study.metric))
+    reporter = None
+    if verbose < 2:  # Tune's classic reporter, subclassed: the sweep's own table instead of Tune's dumps
+        from cxr_core.console import progress_reporter
+
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        reporter = progress_reporter(study.metric, study.mode) if verbose == 1 else None
     tuner = tune.Tuner(
         tune.with_resources(trainable, _resources),
         param_space={} if optuna else param_space(study),
@@ -286,13 +299,15 @@ def run_study(
             num_samples=sum(arm.num_samples for arm in study.arms) if optuna else 1,
             scheduler=_scheduler(study),
             max_concurrent_trials=study.max_concurrent_trials or None,
-            trial_dirname_creator=_trial_dirname,
+            trial_dirname_creator=_trial_name,
+            trial_name_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage,
             stop=study.stop or None,
-            verbose=verbose,
+            verbose=min(verbose, 1) if verbose < 2 else 2,
+            progress_reporter=reporter,
             callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),

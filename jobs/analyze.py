@@ -65,7 +65,13 @@ def main(argv=None) -> None:
             "previous report, if any, is intact: free space there (or pass --out another folder), then run the "
             "command again"
         ) from None
-    print(f"report written to {out} (summary.md)")
+    from cxr_core.report_writer import answer_lines, report_files
+
+    print(f"report written to {out}")
+    print(report_files(out))
+    answer = answer_lines(out)
+    if answer:
+        print("the answer:", *(f"  - {line}" for line in answer), sep="\n")
     if "://" not in args.results:
         from pathlib import Path
 

@@ -58,38 +58,25 @@ def _data(per_label: int) -> None:
           flush=True)  # fmt: skip
 
 
-def _answer(report: Path, metric: str) -> list[str]:
-    """The study's answer in a few lines: the paired LoRA-vs-FFT verdicts (test, then validation) on the
-    study's metric, LoRA's share of FFT's quality and its cost (measured here and planned at git-base)."""
-    import pandas as pd
-
-    lines = []
-    comparisons = pd.read_csv(report / "comparisons.csv")
-    main = comparisons[(comparisons["kind"] == "lora_vs_fft") & (comparisons["metric"] == metric)]
-    for split in ("test", "val"):
-        lines += main[main["split"] == split]["sentence"].tolist()
-    text = (report / "summary.md").read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
-    for line in text.splitlines():
-        if line.startswith(("- The best LoRA configuration", "- Planned at")):
-            lines.append(line[2:].split(" For what the methods cost")[0])
-    return lines
-
-
 @main_guard
 def main(argv=None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
     _data(args.per_label)
 
+    from cxr_core.console import quiet_driver
     from cxr_core.space import load_study
-    from cxr_core.tune_runner import init_ray, run_study, stop_ray
+    from cxr_core.tune_runner import init_ray, resolved_trials, run_study, stop_ray
 
     study = load_study(args.space, overrides=args.overrides)
-    init_ray()
     storage = Path("ray_results").resolve()
     name = args.name
     if (storage / name).exists():  # never overwrite an earlier run
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    log = quiet_driver(storage / name, verbose=False)
+    print(f"[demo] sweep {name}: {len(resolved_trials(study))} trials; Ray's messages go to {log}", flush=True)
+    init_ray()
+    quiet_driver(storage / name, verbose=False)  # again: ray.init sets its console handler up anew
     grid = run_study(study, name=name, storage=str(storage), verbose=1)
     stop_ray()
     results = Path(grid.experiment_path)
@@ -101,9 +88,11 @@ def main(argv=None) -> None:
     print("[demo] scoring the configurations chosen on validation on the test split (once) ...", flush=True)
     evaluate_best(results, group_by="method", out=default_out(results))  # the sweep's own metric and mode
     report = write_report(results)
-    print(f"[demo] report: {report}/summary.md (every verdict, comparisons.csv, configs.csv, *.png)")
+    from cxr_core.report_writer import answer_lines, report_files
+
+    print(f"[demo] {report_files(report)}")
     print(f"[demo] finished in {_elapsed(start):.0f} s (set-up included); the answer:")
-    for line in _answer(report, study.metric):
+    for line in answer_lines(report, study.metric):
         print(f"  - {line}")
 
 

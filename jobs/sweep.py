@@ -10,6 +10,7 @@ Example (CPU, embedded default, a few minutes):
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -37,7 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="how long to wait for the cluster "
                    "(--address) and the storage (--storage) to answer before giving up (default "
                    "$CXR_CONNECT_TIMEOUT, else 20)")  # fmt: skip
-    p.add_argument("--quiet", action="store_true", help="less progress output")
+    p.add_argument(
+        "--quiet", action="store_true", help="no live table while the sweep runs (errors still print)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="Ray Tune's own output, library warnings and "
+                   "per-trial logs on the console (default: the sweep's table; the rest in STORAGE/NAME/driver.log)")  # fmt: skip
     p.add_argument(
         "--mlflow",
         nargs="?",
@@ -96,13 +101,22 @@ def main(argv=None) -> None:
     repaired = faults.repair_experiment_state(target) if args.resume else None  # cut short by a full disk?
     if repaired:
         print(repaired)
+    from cxr_core.console import quiet_driver
+
+    os.environ["CXR_VERBOSE"] = "1" if args.verbose else "0"  # trial processes read it
+    log = quiet_driver(Path(storage) / name if "://" not in storage else Path("ray_results") / name,
+                       verbose=args.verbose)  # fmt: skip
+    if log is not None:
+        print(f"[sweep] {name}: Ray's and the libraries' messages go to {log} (-v shows them here)")
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard, timeout=timeout)
+    if log is not None:
+        quiet_driver(log.parent, verbose=False)  # again: ray.init sets its console handler up anew
     storage_args = ["--storage", args.storage] if args.storage else []
     address_args = ["--address", args.address] if args.address else []
     resume_hint = shlex.join(
         ["python", "-m", "jobs.sweep", args.space, "--name", name, *storage_args, *address_args, "--resume"]
     )
-    verbose = 0 if args.quiet else 1
+    verbose = 2 if args.verbose else 0 if args.quiet else 1
     try:
         if args.resume:
             grid = resume_study(target, retry_errored=args.retry_errored, verbose=verbose)

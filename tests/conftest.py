@@ -81,7 +81,7 @@ arms:
     method: lora
     lora: {{r: 4, target_modules: all_linear}}
     train: {{lr: 5.0e-3}}
-"""
+{extra_arms}"""
 
 
 def two_arm_sweep(
@@ -93,26 +93,21 @@ def two_arm_sweep(
     max_val: int,
     seeds=None,
     objective=("label_f1_micro", "max"),
+    extra_arms: str = "",
     sweep_args=(),
 ) -> Path:
     """Run (and analyse) a real tiny sweep: FFT at lr 1e-3 and LoRA r=4 on all linear layers, 2 epochs,
-    optionally repeated over ``seeds``, ``sweep_args`` passed on to jobs.sweep; returns the experiment folder."""
+    optionally repeated over ``seeds``, plus ``extra_arms`` (YAML list items, indented as the arms), ``sweep_args``
+    passed on to jobs.sweep; returns the experiment folder."""
     root, splits = small_data
     seed = f", seed: {{grid_search: {list(seeds)}}}" if seeds else ""
     space = tmp / "space.yaml"
     space.write_text(TWO_ARM_SPACE.format(name=name, splits=splits, root=root, max_train=max_train,
-                                          max_val=max_val, seed=seed, metric=objective[0], mode=objective[1]))  # fmt: skip
-    run_module(
-        "jobs.sweep",
-        str(space),
-        "--name",
-        name,
-        "--storage",
-        str(tmp / "rr"),
-        "--num-cpus",
-        "2",
-        "--quiet",
-        *sweep_args,
-    )
-    run_module("jobs.analyze", str(tmp / "rr" / name))
+                                          max_val=max_val, seed=seed, metric=objective[0], mode=objective[1],
+                                          extra_arms=extra_arms))  # fmt: skip
+    sweep = run_module("jobs.sweep", str(space), "--name", name, "--storage", str(tmp / "rr"), "--num-cpus", "2",
+                       *sweep_args)  # fmt: skip
+    (tmp / "sweep_console.txt").write_text(sweep.stdout + sweep.stderr)  # what the user saw
+    analyze = run_module("jobs.analyze", str(tmp / "rr" / name))
+    (tmp / "analyze_console.txt").write_text(analyze.stdout + analyze.stderr)
     return tmp / "rr" / name

@@ -66,7 +66,8 @@ def trial(
         "config/lora/r": r,
         "config/lora/alpha": math.nan,
         "config/lora/dropout": 0.0 if method == "lora" else math.nan,  # LoRA-only: not a varying setting
-        "config/lora/target_modules": targets,
+        "config/lora/target_modules": targets if method != "ia3" else None,
+        **({"config/ia3/target_modules": targets} if method == "ia3" else {}),
     }
     if not f1s:
         return [base]
@@ -311,6 +312,119 @@ def test_summary_reports_test_numbers_when_evaluated(full):
     assert "one seed on a side there is no interval" in verdict
 
 
+@pytest.fixture
+def three(full):
+    """``full`` plus IA3 on both towers at two learning rates, two seeds each (params: 82,944 at git-base)."""
+    return pd.concat([full, frame(
+        trial("i1", "ia3", 1e-1, 0, [0.30, 0.36], targets="all", params=80, mem=420.0),
+        trial("i2", "ia3", 1e-1, 1, [0.34, 0.32], targets="all", params=80, mem=420.0),
+        trial("i3", "ia3", 1e-2, 0, [0.05, 0.10], targets="all", params=80, mem=420.0),
+        trial("i4", "ia3", 1e-2, 1, [0.06, 0.08], targets="all", params=80, mem=420.0),
+    )], ignore_index=True)  # fmt: skip
+
+
+def test_a_third_method_gets_its_own_best_configuration_and_verdicts(three):
+    table, configs = tables(three)
+    best = analysis.best_config_per(configs, "config/method", metric=METRIC, mode="max").set_index(
+        "config/method"
+    )
+    assert best.loc["ia3", "config_id"] == "ia3:all lr=0.1" and best.loc["ia3", "variant"] == "ia3:all"
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
+    assert text.startswith("# Sweep x: full fine-tuning vs LoRA vs IA3\n")
+    verdict = text.split("## Verdict")[1].split("## Protocol")[0]
+    fft, lora, ia3 = np.mean([0.50, 0.60]), np.mean([0.44, 0.44]), np.mean([0.36, 0.34])
+    # Against FFT, then against LoRA (the method registered before it), with the numbers of this frame.
+    vs_fft = (f"- The best IA3 configuration (all, lr=0.1; 2 seeds) reaches {round(100 * ia3 / fft)}% of the best FFT "
+              "configuration's (lr=0.001; 2 seeds) validation label_f1_micro (2 seeds: no interval), with 0.8% of its "
+              "trainable parameters, 47% of its peak memory (cpu_rss)")  # fmt: skip
+    vs_lora = (f"- The best IA3 configuration (all, lr=0.1; 2 seeds) reaches {round(100 * ia3 / lora)}% of the best "
+               "LoRA configuration's (all_linear, r=4, alpha=8, lr=0.01; 2 seeds) validation label_f1_micro")  # fmt: skip
+    assert vs_fft in verdict and vs_lora in verdict
+    assert verdict.index("- The best LoRA configuration") < verdict.index(vs_fft) < verdict.index(vs_lora)
+    assert "IA3 0.350 (seeds 0.340 to 0.360) vs LoRA 0.440 (seeds 0.440 to 0.440) on label_f1_micro" in verdict
+    assert (
+        "The best IA3 learning rate is 100x the best FFT one (IA3 usually needs a higher one than LoRA)."
+        in text
+    )
+    assert (
+        "ia3's best learning rate is 0.1 (of 0.01, 0.1: the largest tried, a higher one may do better)." in text
+    )
+    assert "| label | FFT F1 [95% CI] | LoRA F1 [95% CI] | IA3 F1 [95% CI] | LoRA - FFT | IA3 - FFT |" in text
+    assert "| ia3:all | ia3:all lr=0.1 | 80 (0.8% of FFT) |" in text  # the cost table, against FFT
+    assert "None: every trial finished" in text
+
+
+def _records(truth, flip: float, seed: int):
+    """Per-image records of a model that reads every label right except a share ``flip`` of them, flipped."""
+    from cxr_core.records import ImageRecords
+
+    rng = np.random.default_rng(seed)
+    pred = np.where(rng.random(truth.shape) < flip, 1.0 - truth, truth)
+    n = len(truth)
+    return ImageRecords(rows=np.arange(n, dtype=np.int32), pred=pred, loss_sum=np.ones(n, np.float32),
+                        tokens=np.full(n, 10, np.int32), sentences=np.full(n, 14, np.int16),
+                        unparsed=np.zeros(n, np.int16))  # fmt: skip
+
+
+def test_paired_comparisons_of_three_methods_on_validation_and_test(three):
+    """Each method's best vs FFT's and IA3's vs LoRA's, paired on the same images, with the differences an
+    independent sklearn computation gives; then the verdict section says them in that order, and the test split
+    compares the groups jobs.evaluate scored the same way."""
+    from sklearn.metrics import f1_score
+
+    from cxr_core import comparison
+
+    table, configs = tables(three)
+    truth = (np.random.default_rng(0).random((80, 14)) < 0.3).astype(float)
+    flips = {"fft": 0.05, "lora": 0.15, "ia3": 0.25}
+    groups = {row["config_id"]: [_records(truth, flips[row["config/method"]], 10 * i + s) for s in range(2)]
+              for i, (_, row) in enumerate(configs.iterrows())}  # fmt: skip
+    split = comparison.Split("validation", truth, groups, uncertain="negative", n_boot=200, seed=0)
+    rows = pd.DataFrame(
+        comparison.validation_comparisons(configs, split, metric=METRIC, mode="max", margin=0.02)
+    )
+    main = rows[rows["kind"].isin(["lora_vs_fft", "ia3_vs_fft", "ia3_vs_lora"])]
+    best = {"fft": "fft lr=0.001", "lora": "lora:all_linear r=4 a=8 lr=0.01", "ia3": "ia3:all lr=0.1"}
+    assert list(zip(main["kind"], main["a"], main["b"], strict=True)) == [
+        ("lora_vs_fft", best["lora"], best["fft"]), ("ia3_vs_fft", best["ia3"], best["fft"]),
+        ("ia3_vs_lora", best["ia3"], best["lora"]),
+    ]  # fmt: skip
+
+    def f1(config_id):  # mean over seeds of the micro F1 on all images
+        return np.mean([f1_score(truth == 1, r.pred == 1, average="micro") for r in groups[config_id]])
+
+    for _, r in main.iterrows():
+        assert r["difference"] == pytest.approx(f1(r["a"]) - f1(r["b"]))
+        assert r["verdict"] == "b_better" and r["a_variant"] == r["a"].split(" ")[0]
+    # IA3 is one preset: no preset_vs_preset of its own; its two configurations are both in the forest.
+    assert set(rows.loc[rows["kind"] == "config_vs_fft", "a"]) >= {"ia3:all lr=0.1", "ia3:all lr=0.01"}
+    assert set(rows.loc[rows["kind"] == "preset_vs_fft", "a"]) == {best["lora"], "lora:vision r=4 a=8 lr=0.01",
+                                                                   best["ia3"]}  # fmt: skip
+    frame = comparison.comparisons_frame(rows.to_dict("records"))
+    text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x",
+                                     comparisons=frame)  # fmt: skip
+    verdict = text.split("## Verdict")[1].split("## Protocol")[0]
+    at = [verdict.index(s) for s in main["sentence"]]
+    assert at == sorted(at) and verdict.index("- The best IA3 configuration") < at[2]
+    assert main["sentence"].iloc[2].startswith("IA3 all lr=0.1 is worse than LoRA all_linear r=4 a=8 lr=0.01")
+
+    test = pd.DataFrame(
+        [
+            {"group": g, "config_id": c}
+            for g, c in (*best.items(), ("lora:vision", "lora:vision r=4 a=8 lr=0.01"))
+        ]
+    )
+    on_test = comparison.Split("test", truth, {c: groups[c] for c in test["config_id"]}, uncertain="negative",
+                               n_boot=200, seed=0)  # fmt: skip
+    rows = comparison.test_comparisons(on_test, test, best=best, metric=METRIC, margin=0.02)
+    assert [(r["kind"], r["a"], r["b"]) for r in rows] == [
+        ("lora_vs_fft", best["lora"], best["fft"]), ("ia3_vs_fft", best["ia3"], best["fft"]),
+        ("ia3_vs_lora", best["ia3"], best["lora"]),
+        ("preset_vs_fft", "lora:vision r=4 a=8 lr=0.01", best["fft"]),
+    ]  # fmt: skip
+    assert rows[-1]["a_variant"] == "lora:vision" and rows[1]["sentence"].endswith("2 vs 2 seeds.")
+
+
 # ------------------------------------------------------------------------------------- partial results
 
 
@@ -357,12 +471,12 @@ def test_single_method_sweep_says_the_comparison_is_missing(tmp_path, full):
     only_fft = full[full["config/method"] == "fft"]
     table, configs = tables(only_fft)
     text = analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None, name="x")
-    assert "Only fft has results: the FFT-vs-LoRA comparison cannot be made from this sweep." in text
-    assert "- no lora trial in this sweep: the comparison is one-sided" in text
+    assert "Only fft has results: no comparison between methods can be made from this sweep." in text
+    assert "- no trial of another method in this sweep: the comparison with fft is one-sided" in text
     drawn = plots.draw_all(
         analysis.with_config_ids(only_fft, configs), configs, tmp_path, metric=METRIC, mode="max"
     )
-    assert drawn["per_label_f1.png"] == "not drawn: needs both methods; results have fft"
+    assert drawn["per_label_f1.png"] == "not drawn: needs FFT and another method; results have fft"
     assert drawn["lora_rank_alpha_heatmap.png"].startswith("not drawn: no LoRA configuration")
     assert (tmp_path / "metric_vs_lr.png").is_file() and not (tmp_path / "per_label_f1.png").exists()
 

@@ -21,6 +21,9 @@ def test_gpu_bench_runs_on_cpu_at_tiny_size():
     assert rows["fft"]["trainable_params"] == rows["fft"]["total_params"]
     assert rows["fft_freeze_vision"]["trainable_params"] < rows["fft"]["trainable_params"]
     assert rows["lora_r16_all_linear"]["trainable_params"] > rows["lora_r16_vision"]["trainable_params"] > 0
+    # IA3 on the tiny GIT (2 layers per tower, width 32, feed-forward 64): key + value + feed-forward per layer.
+    assert rows["ia3_vision"]["trainable_params"] == rows["ia3_text"]["trainable_params"] == 2 * (32 + 32 + 64)
+    assert rows["ia3_all"]["trainable_params"] == 2 * rows["ia3_text"]["trainable_params"]
     assert all(r["samples_per_s"] > 0 and r["mfu"] >= 0 for r in rows.values())
 
 

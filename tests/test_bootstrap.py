@@ -317,3 +317,23 @@ def test_sparse_labels_and_bad_input():
         bs.SeedRecords(np.zeros((30, L)))
     with pytest.raises(CxrError, match="uncertain policy"):
         bs.compare(truth, records, records, metric="label_f1_micro", uncertain="ignore", resampler=resampler)
+
+
+def test_a_seed_that_generated_nothing_has_an_unparsed_rate_of_zero():
+    """A diverged model writes empty reports: no sentence, so nothing unparsed, as the trial itself reports it
+    (cxr_core.metrics); its interval and a comparison with it still come out (the loss still needs tokens)."""
+    from cxr_core.metrics import report_metrics
+
+    truth = np.zeros((30, L))
+    truth[:10, 0] = 1.0
+    empty = bs.SeedRecords(np.full((2, 30, L), np.nan), unparsed=np.zeros((2, 30)), sentences=np.zeros((2, 30)))
+    talks = bs.SeedRecords(np.zeros((1, 30, L)), unparsed=np.ones((1, 30)), sentences=np.full((1, 30), 4))
+    reported = report_metrics([""] * 30, ["No pneumothorax."] * 30)["unparsed_rate"]
+    resampler = bs.Resampler(30, n_boot=50)
+    iv = bs.interval(truth, empty, metric="unparsed_rate", resampler=resampler)
+    assert reported == iv["mean"] == iv["lo"] == iv["hi"] == 0.0
+    diff = bs.compare(truth, talks, empty, metric="unparsed_rate", resampler=resampler)
+    assert diff["difference"] == pytest.approx(0.25) and diff["verdict"] == "b_better"  # lower is better
+    with pytest.raises(CxrError, match="SeedRecords.tokens sums to 0"):
+        bs.point(truth, bs.SeedRecords(np.zeros((1, 30, L)), loss_sum=np.ones((1, 30)), tokens=np.zeros((1, 30))),
+                 metric="val_loss")  # fmt: skip

@@ -119,7 +119,12 @@ SWEEP_ROWS = [
         [],
         ["`arms[1].lora.r.choice` = []", "give at least one value"],
     ),
-    ("unknown_method", ("method: fft", "method: sgd"), [], ["`method` must be one of fft, lora, got 'sgd'"]),
+    (
+        "unknown_method",
+        ("method: fft", "method: sgd"),
+        [],
+        ["`method` must be one of fft, lora, ia3, got 'sgd'"],
+    ),
     ("rank_below_one", ("r: 4", "r: 0"), [], ["arm lora: `lora.r` must be a positive integer, got 0"]),
     (
         "lr_not_positive",
@@ -138,6 +143,26 @@ SWEEP_ROWS = [
         ("target_modules: all_linear", "target_modules: [query, qproj]"),
         [],
         ["target module 'qproj' matches no Linear layer", "valid names", "self_attn.q_proj"],
+    ),
+    (
+        "unknown_ia3_preset",
+        (
+            "method: lora\n    lora: {r: 4, target_modules: all_linear}",
+            "method: ia3\n    ia3: {target_modules: attention}",
+        ),
+        [],
+        [
+            "arm lora: `ia3.target_modules`: unknown target preset 'attention'; use one of vision, text, all or a list"
+        ],
+    ),
+    (
+        "ia3_target_module_unknown",
+        (
+            "method: lora\n    lora: {r: 4, target_modules: all_linear}",
+            "method: ia3\n    ia3: {target_modules: [key, qproj]}",
+        ),
+        [],
+        ["arm lora: `ia3.target_modules`: target module 'qproj' matches no Linear layer", "attention.self.key"],
     ),
     (
         "code_key",
@@ -606,7 +631,7 @@ def test_no_code_is_loaded_from_input():
     from cxr_core import space
 
     assert issubclass(space._Loader, yaml.SafeLoader)
-    for path in [*REPO.glob("cxr_core/*.py"), *REPO.glob("jobs/*.py"), *REPO.glob("bench/*.py")]:
+    for path in [*REPO.glob("cxr_core/**/*.py"), *REPO.glob("jobs/*.py"), *REPO.glob("bench/*.py")]:
         text = path.read_text()
         for call in re.findall(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in call, (path, call)

@@ -427,7 +427,7 @@ def test_disk_full_fails_the_trial_and_retry_errored_finishes(small_disk, small_
     fill(450 * 2**10)  # room for the first epoch only (a LoRA checkpoint of the tiny model: ~0.27 MB, records)
     proc = run(cmd)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    trial = next((storage / "full").glob("lora_*"))
+    trial = next((storage / "full").glob("lora-*"))
     assert (
         f"DiskFull: [Errno 28] no space left on device writing {trial} (0.0 MB free of 12.0 MB)" in proc.stderr
     )
@@ -523,7 +523,7 @@ def terminated(small_data, tmp_path_factory):
         first.wait(timeout=300)
     err = (tmp / "err").read_text()
     hint = err.strip().splitlines()[-1]
-    trial = next(exp.glob("lora_*"))
+    trial = next(exp.glob("lora-*"))
     last_epoch = [json.loads(x)["epoch"] for x in (trial / "result.json").read_text().splitlines()][-1]
     restored = next(c for c in trial.glob("checkpoint_*")
                     if json.loads((c / "trial_state.json").read_text())["epoch"] == last_epoch)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from cxr_core.errors import CxrError
@@ -40,7 +41,7 @@ def test_shipped_spaces_load_and_validate(path, monkeypatch):
     # real layout: the embedded model, or git-base's architecture for spaces that name a hub model.
     overrides = ["model=arch:git-base"] if "model: microsoft/" in path.read_text() else []
     study = load_study(path, overrides=overrides, check_paths=False)
-    assert study.arms and {a.spec["method"] for a in study.arms} <= {"fft", "lora"}
+    assert study.arms and {a.spec["method"] for a in study.arms} <= {"fft", "lora", "ia3"}
     text = path.read_text()
     assert (
         text.startswith("#") and "python -m jobs." in text and "--set" in text
@@ -72,6 +73,36 @@ def test_demo_design_three_seeds_three_learning_rates_per_method_ranks_and_prese
     assert {k[3] for k in lora} == {"vision", "text", "all_linear"} and {k[2] for k in lora} == {"4", "16"}
 
 
+def test_fft_lora_ia3_design_and_its_dry_run_plan(tmp_path, monkeypatch, capsys):
+    """33 trials = 11 configurations x seeds 0, 1, 2: three learning rates per method, IA3's grid above LoRA's (its
+    middle 60x LoRA's), IA3's three presets; the dry-run plan at git-base (one seed) shows IA3's preset and its
+    exact trainable counts, with FFT's freeze and LoRA's rank left off its rows."""
+    from cxr_core.tune_runner import resolved_trials
+    from jobs.sweep import main
+
+    monkeypatch.chdir(REPO)
+    space = REPO / "search_spaces/fft_lora_ia3.yaml"
+    trials = resolved_trials(load_study(space, check_paths=False))
+    assert len(trials) == 33 and sorted({t["train"]["seed"] for t in trials}) == [0, 1, 2]
+    lrs = {m: sorted({t["train"]["lr"] for t in trials if t["method"] == m}) for m in ("fft", "lora", "ia3")}
+    assert lrs == {"fft": [3e-4, 1e-3, 3e-3], "lora": [1.5e-3, 5e-3, 1.5e-2], "ia3": [0.1, 0.3, 1.0]}
+    assert lrs["ia3"][0] > lrs["lora"][-1] and lrs["ia3"][1] / lrs["lora"][1] == pytest.approx(60)
+    assert {t["ia3"]["target_modules"] for t in trials if t["method"] == "ia3"} == {"all", "vision", "text"}
+
+    out = tmp_path / "plan.csv"
+    main([str(space), "--dry-run", "--model", "arch:git-base", "--set", "train.seed=0", "--plan-out", str(out)])
+    assert "11 trials planned, nothing trained" in capsys.readouterr().out
+    plan = pd.read_csv(out, keep_default_na=False)
+    ia3 = plan[plan["method"] == "ia3"]
+    per_layer = 768 + 768 + 3072  # key and value outputs, the feed-forward down projection's input
+    counts = ia3.groupby("target_modules")["trainable_params"].agg(set).to_dict()
+    assert counts == {"all": {18 * per_layer}, "vision": {12 * per_layer}, "text": {6 * per_layer}}
+    assert (ia3["total_params"] == 176_619_066 + ia3["trainable_params"]).all()
+    assert set(ia3["freeze"]) == {""} and set(ia3["r"]) == {""} and set(ia3["lora_alpha"]) == {""}
+    assert set(plan.loc[plan["method"] == "lora", "freeze"]) == {""}
+    assert set(plan.loc[plan["method"] == "fft", "target_modules"]) == {""}
+
+
 def test_arms_expand_with_own_ranges(tmp_path):
     study = load_study(write(tmp_path, BASE % {"data": tmp_path}))
     fft, lora = study.arms
@@ -91,7 +122,7 @@ def test_arms_expand_with_own_ranges(tmp_path):
         (("{grid_search: [vision, text]}", "{grid_search: [vision, textt]}"), "unknown target preset 'textt'"),
         (("epochs: 1", "epochs: one"), "`train.epochs` must be int, got 'one'"),
         (("epochs: 1", "epochz: 1"), "unknown key `train.epochz`"),
-        (("method: fft", "method: sgd"), "`method` must be one of fft, lora, got 'sgd'"),
+        (("method: fft", "method: sgd"), "`method` must be one of fft, lora, ia3, got 'sgd'"),
         (("num_samples: 2", "num_samples: 2\n    resources: {gpu: 1.5}"), "resources.gpu"),
         (("train: {lr: {loguniform", "train: {lr: {sample_from"), "code is never evaluated"),
     ],

@@ -1,0 +1,189 @@
+"""What a sweep prints: a calm live table, one name per trial, and everything else in a log file.
+
+- :func:`trial_name`: the one name of a trial, everywhere (console, folder, TensorBoard, MLflow, report): the
+  readable configuration plus its seed, ``lora-text-r16-a32-lr0.005-s0``; Tune's id is kept beside it.
+- :class:`SweepReporter` (built by :func:`progress_reporter`): Tune's reporter, subclassed to print one short row
+  per trial, flat columns (arm, method, preset, shape settings, lr, seed | status, epoch, val_loss, the study's
+  metric and its best so far) and one progress line (done / running / pending / errored, elapsed, ETA), at most
+  every ``every`` seconds and when the sweep ends; it fits 120 columns.
+- :func:`quiet_driver` / :func:`quiet_worker`: library warnings and Ray's info lines go to
+  ``STORAGE/NAME/driver.log`` (the driver) or stay in Ray's worker logs (the trials), not the console; what
+  matters to the user (an error, a skipped image, a failed trial with its error file) still reaches it.
+  ``-v`` keeps the console as verbose as Ray and the libraries make it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+import warnings
+from pathlib import Path
+
+from cxr_core.tracking import flat_params
+
+DRIVER_LOG = "driver.log"
+_SAFE = re.compile(r"[^A-Za-z0-9_.+=-]+")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "" if value is None else str(value)
+
+
+def name_parts(arm: dict) -> list[tuple[str, str]]:
+    """The settings that tell a trial apart, as (column, value): method, its variant (preset), its shape
+    settings (rank, alpha, ...), lr, seed."""
+    from cxr_core import methods
+
+    flat = flat_params(arm)
+    method = methods.find(flat.get("method")) or methods.reference()
+    settings = method.from_arm(arm)
+    parts = [("method", method.name)]
+    variant = method.variant_value(settings)
+    if variant is not None:
+        parts.append(("preset", variant))
+    parts += [(long, _fmt(value)) for _, long, value in method.shape(settings)]
+    parts += [("lr", _fmt(flat.get("lr"))), ("seed", _fmt(flat.get("seed")))]
+    return parts
+
+
+def trial_name(arm: dict) -> str:
+    """``lora-text-r16-a32-lr0.005-s0``: the configuration and seed, safe as a folder name."""
+    from cxr_core import methods
+
+    parts = dict(name_parts(arm))
+    method = methods.find(parts["method"]) or methods.reference()
+    pieces = [parts["method"]] + ([parts["preset"]] if "preset" in parts else [])
+    pieces += [f"{short}{_fmt(value)}" for short, _, value in method.shape(method.from_arm(arm))]
+    pieces += [f"lr{parts['lr']}", f"s{parts['seed']}"]
+    return _SAFE.sub("_", "-".join(pieces))[:100]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def progress_reporter(metric: str, mode: str, *, every: float = 30.0):
+    """Tune's CLIReporter, subclassed to print the sweep's own compact table (see the module docstring)."""
+    from ray.tune import CLIReporter
+
+    class SweepReporter(CLIReporter):
+        def __init__(self):
+            super().__init__(max_report_frequency=every)
+            self._began = time.time()
+            self._best: dict[str, float] = {}
+            self._last_text = ""
+
+        def should_report(self, trials, done: bool = False):
+            return super().should_report(trials, done)
+
+        def report(self, trials, done: bool, *sys_info: str):
+            text = render_table(trials, metric=metric, mode=mode, began=self._began, best=self._best)
+            if text != self._last_text or done:
+                print(text, flush=True)
+                self._last_text = text
+
+    return SweepReporter()
+
+
+def render_table(trials, *, metric: str, mode: str, began: float, best: dict) -> str:
+    """The live view: one progress line, then one row per trial (see :func:`progress_reporter`)."""
+    counts = {"TERMINATED": 0, "RUNNING": 0, "PENDING": 0, "ERROR": 0, "PAUSED": 0}
+    rows, columns = [], ["arm"]
+    durations = []
+    for trial in trials:
+        counts[trial.status] = counts.get(trial.status, 0) + 1
+        arm = trial.config.get("arm", {})
+        parts = name_parts(arm)
+        for key, _ in parts:
+            if key not in columns:
+                columns.append(key)
+        result = trial.last_result or {}
+        value = result.get(metric)
+        key = trial.trial_id
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            old = best.get(key)
+            best[key] = value if old is None or (value > old if mode == "max" else value < old) else old
+        if trial.status == "TERMINATED" and result.get("time_total_s"):
+            durations.append(float(result["time_total_s"]))
+        rows.append((arm.get("name", ""), dict(parts), trial.status, result, best.get(key)))
+    tail = [c for c in ("lr", "seed") if c in columns]
+    columns = [c for c in columns if c not in tail] + tail  # arm, method, preset, shape settings, lr, seed
+    elapsed = time.time() - began
+    done = counts["TERMINATED"] + counts["ERROR"]
+    left = len(trials) - done
+    eta = ""
+    if durations and left:
+        running = max(counts["RUNNING"], 1)
+        eta = f", ETA ~{_duration(sum(durations) / len(durations) * left / running)}"
+    head = (
+        f"[sweep] {len(trials)} trials: {counts['TERMINATED']} done, {counts['RUNNING']} running, "
+        f"{counts['PENDING'] + counts['PAUSED']} pending, {counts['ERROR']} errored | {_duration(elapsed)} elapsed{eta}"
+    )
+    short_metric = metric.replace("label_", "")[:10]
+    header = columns + ["status", "epoch", "val_loss", short_metric, "best"]
+    table = []
+    for arm, parts, status, result, best_value in rows:
+        cells = [arm] + [parts.get(c, "") for c in columns[1:]]
+        value = result.get(metric)
+        cells += [
+            status.lower()[:10],
+            _fmt(result.get("epoch", result.get("training_iteration", ""))),
+            f"{result['val_loss']:.4f}" if isinstance(result.get("val_loss"), (int, float)) else "",
+            f"{value:.4f}" if isinstance(value, (int, float)) and not math.isnan(value) else "",
+            f"{best_value:.4f}" if best_value is not None else "",
+        ]
+        table.append([c[:16] for c in cells])
+    widths = [max(len(str(h)), *(len(r[i]) for r in table)) for i, h in enumerate(header)] if table else []
+    lines = [head]
+    if table:
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table]
+    return "\n".join(lines)
+
+
+def quiet_driver(folder: Path, *, verbose: bool) -> Path | None:
+    """Send Ray's info and warning lines and Python warnings to ``folder/driver.log``; the console keeps errors
+    (and this project's own warnings). Returns the log's path, or None when ``verbose`` (nothing changes)."""
+    if verbose:
+        return None
+    import ray  # noqa: F401  (sets up Ray's own console handler, which is turned down here)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / DRIVER_LOG
+    ray_logger = logging.getLogger("ray")
+    handler = next((h for h in ray_logger.handlers if getattr(h, "cxr_driver_log", False)), None)
+    if handler is None:
+        handler = logging.FileHandler(path)
+        handler.cxr_driver_log = True
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        ray_logger.addHandler(handler)
+    for h in ray_logger.handlers:  # ray.init may add its console handler again: call this after it too
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.propagate = False
+    return path
+
+
+def quiet_worker() -> None:
+    """In a trial's process: no library FutureWarnings/progress bars, Ray's info lines (a checkpoint was
+    saved) not forwarded to the driver's console; warnings and errors still are."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    for name in ("ray", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
