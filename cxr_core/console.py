@@ -67,8 +67,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_reporter(metric: str, mode: str, *, every: float = 30.0):
-    """Tune's CLIReporter, subclassed to print the sweep's own compact table (see the module docstring)."""
+def progress_reporter(metric: str, mode: str, *, every: float = 30.0, table_every: float = 300.0):
+    """Tune's CLIReporter, subclassed to print the sweep's own view (see the module docstring): the progress line
+    at most every ``every`` seconds when it changed, the whole table at the start, at most every ``table_every``
+    seconds, and at the end."""
     from ray.tune import CLIReporter
 
     class SweepReporter(CLIReporter):
@@ -76,16 +78,19 @@ def progress_reporter(metric: str, mode: str, *, every: float = 30.0):
             super().__init__(max_report_frequency=every)
             self._began = time.time()
             self._best: dict[str, float] = {}
-            self._last_text = ""
-
-        def should_report(self, trials, done: bool = False):
-            return super().should_report(trials, done)
+            self._last_line = ""
+            self._last_table = -math.inf
 
         def report(self, trials, done: bool, *sys_info: str):
             text = render_table(trials, metric=metric, mode=mode, began=self._began, best=self._best)
-            if text != self._last_text or done:
+            line = text.split("\n", 1)[0]
+            now = time.time()
+            if done or now - self._last_table >= table_every:
                 print(text, flush=True)
-                self._last_text = text
+                self._last_table = now
+            elif line.split(" | ")[0] != self._last_line.split(" | ")[0]:  # counts changed
+                print(line, flush=True)
+            self._last_line = line
 
     return SweepReporter()
 
