@@ -39,7 +39,16 @@ def test_dry_run_checks_the_data_shows_seeds_and_writes_its_plan_under_the_stora
 
     root, splits = small_data
     space = tmp_path / "space.yaml"
-    fill = dict(name="plan", splits=splits, root=root, max_train=8, max_val=8, metric="val_loss", mode="min")
+    fill = dict(
+        name="plan",
+        splits=splits,
+        root=root,
+        max_train=8,
+        max_val=8,
+        metric="val_loss",
+        mode="min",
+        extra_arms="",
+    )
     space.write_text(TWO_ARM_SPACE.format(seed=", seed: {grid_search: [0, 1]}", **fill))
     proc = run_module("jobs.sweep", str(space), "--dry-run", "--storage", str(tmp_path / "rr"))
     plan = pd.read_csv(tmp_path / "rr" / "plans" / "plan.csv")
