@@ -600,14 +600,24 @@ def results_frame(path: str | Path, *, grid=None):
 
 
 def best_checkpoints(
-    path: str | Path, *, metric: str, mode: str, group_by: str = "method", grid=None
+    path: str | Path,
+    *,
+    metric: str,
+    mode: str,
+    group_by: str = "method",
+    grid=None,
+    config_id: str | None = None,
 ) -> list[dict]:
     """For each group (``method``, or ``variant`` = method + LoRA preset), the best configuration by its
     mean over seeds of the best validation ``metric`` (see :mod:`cxr_core.analysis`), and for every seed of
-    it, that trial's best checkpoint: everything is chosen on validation only.
+    it, that trial's best checkpoint: everything is chosen on validation only. With ``config_id`` (an id of
+    :func:`cxr_core.analysis.configs_table`), that configuration instead of each group's best.
 
     Returns:
         ``[{group, config_id, trial_id, seed, config (the arm dict), checkpoint_path, val_<metric>}]``.
+
+    Raises:
+        CxrError: ``config_id`` names no configuration of the sweep.
     """
     from cxr_core import analysis
 
@@ -625,6 +635,11 @@ def best_checkpoints(
     configs = analysis.configs_table(table)
     key = "config/method" if group_by == "method" else "variant"
     best = analysis.best_config_per(configs, key, metric=metric, mode=mode)
+    if config_id is not None:
+        best = configs[configs["config_id"] == config_id]
+        if best.empty:
+            raise CxrError(f"{path}: no configuration {config_id!r}; its configurations: "
+                           + ", ".join(repr(c) for c in configs["config_id"]))  # fmt: skip
     by_trial = {str(r.metrics.get("trial_id")): r for r in grid if r.metrics}
     picks = []
     for _, cfg in best.iterrows():

@@ -19,7 +19,7 @@ from scipy import stats
 
 from cxr_core import analysis, plots
 from cxr_core.labels import LABELS
-from tests.conftest import REPO, run_module, two_arm_sweep
+from tests.conftest import REPO, run_module
 
 METRIC = "label_f1_micro"
 PNGS = (
@@ -545,9 +545,8 @@ def test_results_frame_is_exposed_without_importing_ray():
 
 
 @pytest.fixture(scope="module")
-def sweep(small_data, tmp_path_factory):
-    return two_arm_sweep(small_data, tmp_path_factory.mktemp("seeds"), name="seeds", max_train=32, max_val=16,
-                         seeds=[0, 1])  # fmt: skip
+def sweep(seeds_sweep):
+    return seeds_sweep
 
 
 def _records_point(trial_path, epoch, split_dir, metric):

@@ -480,6 +480,48 @@ def test_analyze_refuses_bad_options(row, args, phrases, tmp_path):
     assert hashes(tmp_path) == before
 
 
+# ------------------------------------------------------------------------- export and predict rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("row", "phrases"),
+    [
+        (
+            "export_without_checkpoints",
+            ["holds no checkpoint of configuration '", "/checkpoint_00000", "is not there): none was saved, or",
+             "copy the whole results folder, checkpoints included"],
+        ),
+        (
+            "export_unknown_config_id",
+            ["has no configuration 'fft lr=9'", "pass --config-id one of: 'fft lr=0.001', 'lora:all_linear r=4"],
+        ),
+        (
+            "predict_folder_without_images",
+            ["image folder", "holds no image (.jpg, .jpeg or .png, searched recursively)", "JPEG or PNG"],
+        ),
+    ],
+)  # fmt: skip
+def test_export_and_predict_refuse_bad_input(row, phrases, seeds_sweep, tmp_path):
+    results, out = seeds_sweep, tmp_path / "export"
+    if row == "export_without_checkpoints":  # results copied without their checkpoint_* folders
+        results = tmp_path / "results"
+        shutil.copytree(seeds_sweep, results, ignore=shutil.ignore_patterns("checkpoint_*"))
+    if row == "predict_folder_without_images":
+        (tmp_path / "scans").mkdir()
+        (tmp_path / "scans" / "notes.txt").write_text("no image here")
+        from cxr_core.tiny_git import embedded_model_path
+
+        proc = cli("jobs.predict", str(embedded_model_path()), str(tmp_path / "scans"), "--out", str(out))
+    else:
+        before = hashes(results)
+        extra = ["--config-id", "fft lr=9"] if row == "export_unknown_config_id" else []
+        proc = cli("jobs.export", str(results), *extra, "--out", str(out))
+        assert hashes(results) == before
+    assert_refused(proc, *phrases)
+    assert not out.exists()
+
+
 # ------------------------------------------------------------- a real sweep: live, interrupted, resumed
 
 
