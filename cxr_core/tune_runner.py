@@ -395,6 +395,15 @@ def results_exist(target: str) -> bool:
         ) from None
 
 
+def _uri_listing(path: str, fix: str) -> list[str]:
+    import pyarrow.fs
+
+    fs, fs_path = storage_filesystem(path)
+    if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
+        raise CxrError(f"results folder {path} does not exist; {fix}")
+    return [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(fs_path))]
+
+
 def experiment_folder(path: str, *, fix: str = "pass the folder of a sweep, STORAGE/NAME") -> str:
     """Check that ``path`` (a local folder or a storage URI) holds a Tune experiment; returns what to restore.
 
@@ -404,12 +413,15 @@ def experiment_folder(path: str, *, fix: str = "pass the folder of a sweep, STOR
     """
     try:
         if "://" in path:
-            import pyarrow.fs
+            from cxr_core import faults
 
-            fs, fs_path = storage_filesystem(path)
-            if fs.get_file_info(fs_path).type == pyarrow.fs.FileType.NotFound:
-                raise CxrError(f"results folder {path} does not exist; {fix}")
-            names = [Path(i.path).name for i in fs.get_file_info(pyarrow.fs.FileSelector(fs_path))]
+            names = faults.bounded(
+                lambda: _uri_listing(path, fix),
+                seconds=faults.connect_timeout(),
+                what=f"storage {path}",
+                fix="check the bucket name, the credentials and the network, or wait longer with "
+                f"${faults.TIMEOUT_ENV}=SECONDS",
+            )  # a cloud storage without network: pyarrow would retry for many minutes
         else:
             p = Path(path)
             if not p.is_dir():

@@ -205,6 +205,13 @@ def test_sweep_gives_up_on_a_storage_that_does_not_answer(scheme, silent_server,
     assert seconds < 3 + 10, seconds
 
 
+def test_analyze_gives_up_on_a_storage_that_does_not_answer(silent_server):
+    uri = f"gs://bucket/rr/demo?endpoint_override=127.0.0.1:{silent_server}&scheme=http"
+    proc, seconds = timed([sys.executable, "-m", "jobs.analyze", uri], env={"CXR_CONNECT_TIMEOUT": "3"})
+    assert_refused(proc, f"storage {uri} did not answer within 3 s", "$CXR_CONNECT_TIMEOUT=SECONDS")
+    assert seconds < 3 + 10, seconds
+
+
 # ------------------------------------------------------------------------------ 5. one driver per sweep
 
 
@@ -510,8 +517,15 @@ def terminated(small_data, tmp_path_factory):
         while time.time() < deadline and not list(exp.glob("*/checkpoint_000001/trial_state.json")):
             assert first.poll() is None, (tmp / "err").read_text()[-3000:]
             time.sleep(0.05)
-        worker = next(p.pid for p in psutil.Process(first.pid).children(recursive=True)
+        worker = next(p for p in psutil.Process(first.pid).children(recursive=True)
                       if "ImplicitFunc" in " ".join(p.cmdline()))  # fmt: skip
+        # ... and the driver has taken in that second epoch (its own result.json, beside the trial's working
+        # folder in Ray's session folder), so Tune's saved state names checkpoint_000001 or a later one.
+        working = Path(worker.cwd())
+        staged = working.parent.parent / "driver_artifacts" / working.name / "result.json"
+        while time.time() < deadline and (not staged.is_file() or len(staged.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        worker = worker.pid
         for pid in (worker, first.pid):
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -524,14 +538,19 @@ def terminated(small_data, tmp_path_factory):
     err = (tmp / "err").read_text()
     hint = err.strip().splitlines()[-1]
     trial = next(exp.glob("lora-*"))
-    last_epoch = [json.loads(x)["epoch"] for x in (trial / "result.json").read_text().splitlines()][-1]
-    restored = next(c for c in trial.glob("checkpoint_*")
-                    if json.loads((c / "trial_state.json").read_text())["epoch"] == last_epoch)  # fmt: skip
-    _truncate(restored / "model" / "adapter_model.safetensors")
+    # Cut short every checkpoint after the first: whichever of them Tune's saved state names (its last upload
+    # may be newer than the storage's result.json), the trial must fall back to the first.
+    damaged = [
+        c
+        for c in sorted(trial.glob("checkpoint_*"))
+        if json.loads((c / "trial_state.json").read_text())["epoch"] >= 2
+    ]
+    for folder in damaged:
+        _truncate(folder / "model" / "adapter_model.safetensors")
     command = shlex.split(hint.split("continue with: ", 1)[-1])
     resumed = run([sys.executable, *command[1:], "--num-cpus", "2", "--quiet"])
     return {"first": (first.returncode, err), "second": second, "hint": hint, "space": space, "rr": rr,
-            "exp": exp, "restored": restored.name, "resumed": resumed, "last_epoch": last_epoch}  # fmt: skip
+            "exp": exp, "damaged": [c.name for c in damaged], "resumed": resumed}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -561,8 +580,9 @@ def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
     assert "1 trials, 0 errored, 0 unfinished" in resumed.stdout
     assert "faults survived (1):" in resumed.stdout
     line = next(x for x in resumed.stdout.splitlines() if "is damaged" in x)
-    assert f"{terminated['restored']} is damaged (model/adapter_model.safetensors is truncated" in line
-    assert "resumed from checkpoint_" in line and f"(epoch {terminated['last_epoch'] - 1})" in line
+    assert terminated["damaged"][0] == "checkpoint_000001"
+    assert "checkpoint_000001 is damaged (model/adapter_model.safetensors is truncated" in line
+    assert line.endswith("; resumed from checkpoint_000000 (epoch 1)")
     epochs = results_frame(terminated["exp"])
     assert sorted(epochs["epoch"].astype(int)) == list(
         range(1, 13)
