@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr_core import analysis
+from cxr_core import analysis, methods
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
 
@@ -43,7 +43,6 @@ BASE_DIR = "base"  # the local base model's copy inside an adapter export
 CARD_METRICS = ("label_f1_micro", "label_f1_macro", "label5_f1_macro", "bleu4", "exact_match", "unparsed_rate")
 N_BOOT = 1000  # as jobs.analyze: the card's intervals are the report's
 FULL, ADAPTER, MERGED = "full", "adapter", "merged"
-METHOD_NAMES = {"fft": "full fine-tuning (FFT)", "lora": "LoRA"}
 
 
 @dataclass
@@ -80,6 +79,14 @@ class Choice:
     epochs: pd.DataFrame
     table: pd.DataFrame
     configs: pd.DataFrame
+
+
+def _method_name(name: str) -> str:
+    """``full fine-tuning (FFT)``, ``LoRA``: the method as the model card names it."""
+    method = methods.find(name)
+    if method is None:
+        return name
+    return method.long_title if method.long_title == method.title else f"{method.long_title} ({method.title})"
 
 
 def _one_of(values) -> str:
@@ -171,7 +178,7 @@ def choose_checkpoint(
     reported = mine.iloc[-1].to_dict() if not mine.empty else {}
     value = float(reported.get(metric, pick[f"val_{metric}"]))
     return Choice(results=results, metric=metric, mode=mode, metric_source=source, config_id=config_id,
-                  method=str(pick["config"].get("method", "fft")), how=how, trial_id=str(pick["trial_id"]),
+                  method=str(pick["config"].get("method", methods.reference().name)), how=how, trial_id=str(pick["trial_id"]),
                   seed=int(pick["seed"]), epoch=epoch, checkpoint=checkpoint, arm=pick["config"], value=value,
                   reported=reported, epochs=epochs, table=table, configs=configs)  # fmt: skip
 
@@ -600,8 +607,8 @@ def model_card(choice: Choice, info: dict, *, size_mb: float) -> str:
                                         dataset_split=split, metric_type=r["metric"], metric_name=r["metric"],
                                         metric_value=round(r["value"], 6)))  # fmt: skip
     tags = ["git", "image-to-text", "chest-x-ray", "radiology-report-generation", "ray-tune", choice.method]
-    tags += ["peft", "lora"] if choice.method == "lora" and fmt == ADAPTER else []
-    tags += ["merged-lora"] if fmt == MERGED else []
+    tags += ["peft", choice.method] if fmt == ADAPTER else []
+    tags += [f"merged-{choice.method}"] if fmt == MERGED else []
     tags += ["synthetic-data"] if synthetic else []
     data = ModelCardData(
         library_name="peft" if fmt == ADAPTER else "transformers",
@@ -612,23 +619,24 @@ def model_card(choice: Choice, info: dict, *, size_mb: float) -> str:
         eval_results=evals or None,
     )
     what = {FULL: "a full model (`GitForCausalLM`)",
-            MERGED: "a LoRA adapter merged into its base: a plain `GitForCausalLM`",
-            ADAPTER: "a LoRA adapter (peft)" + (" with a copy of its base model in `base/`" if ref == BASE_DIR
+            MERGED: f"a {_method_name(choice.method)} adapter merged into its base: a plain `GitForCausalLM`",
+            ADAPTER: f"a {_method_name(choice.method)} adapter (peft)" + (" with a copy of its base model in `base/`" if ref == BASE_DIR
                                                  else f" over the hub model `{ref}`")}[fmt]  # fmt: skip
     base_name = "the embedded tiny GIT" if cfg.model == EMBEDDED else f"`{cfg.model}`"
     flat: dict = {}
     _flat("", info["config"], flat)
     shown = {k: v for k, v in flat.items() if not k.startswith(("resources.", "data.cache")) and k != "name"}
-    if cfg.method != "lora":
-        shown = {k: v for k, v in shown.items() if not k.startswith("lora.")}
-    elif shown.get("lora.alpha") is None:
-        shown["lora.alpha"] = f"{cfg.lora_alpha:g} (the default, 2r)"
-    if cfg.method != "fft":
-        shown = {k: v for k, v in shown.items() if not k.startswith("fft.")}
+    method = methods.find(cfg.method) or methods.reference()
+    others = tuple(f"{m.section}." for m in methods.registered() if m is not method)
+    shown = {k: v for k, v in shown.items() if not k.startswith(others)}  # only the trial's own method section
+    for _, long, value in method.shape(method.from_arm(info["config"])):  # derived defaults (LoRA's alpha = 2r)
+        key = f"{method.section}.{long}"
+        if shown.get(key) is None:
+            shown[key] = f"{value:g} (the default)" if isinstance(value, float) else value
     lines = [
         "---", data.to_yaml().strip(), "---", "",
         f"# {name}: {choice.config_id}", "",
-        f"GIT ({base_name}) adapted by **{METHOD_NAMES.get(choice.method, choice.method)}** to write chest X-ray "
+        f"GIT ({base_name}) adapted by **{_method_name(choice.method)}** to write chest X-ray "
         f"mini reports, chosen from the Ray Tune sweep `{name}` and exported by `jobs.export` as {what}.", "",
         "## Use", "", *_use_lines(info, cfg), "",
         "## How it was chosen", "",
