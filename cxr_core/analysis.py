@@ -31,6 +31,8 @@ COST = (
     "train_tokens_per_s",
     "wall_seconds",
     "checkpoint_mb",
+    "eval_seconds_per_image",
+    "feature_cache_mb",
 )
 CONFIG_SHOWN = (
     "config/method",
