@@ -21,8 +21,9 @@ image and turns the cache off, with a warning, if they disagree.
 Where the features live (``feature_cache`` in the trial's cost columns):
 
 - ``device``: on the GPU, when the trial's splits take at most a quarter of its share of the free GPU memory;
-- ``file``: otherwise, and always on a CPU, a memory-mapped ``.npy`` in the node-local cache (``data.cache_dir``)
-  under ``features/``, shared by every trial on the node through the page cache and reused by later trials;
+- ``file``: otherwise, and always on a CPU, a memory-mapped ``.npy`` in the node-local cache
+  (``data.cache_dir``, under ``features/``), shared by every trial on the node through the page cache and reused
+  by later trials;
 - ``memory``: in the trial's host memory, when there is no cache folder (``data.cache_dir: none``) and they take
   at most a quarter of the available RAM.
 
@@ -72,7 +73,7 @@ SHARE = 0.25  # at most this share of the free GPU memory (or of the available R
 _CHUNK = 64  # images per encoder call when building
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------
 # Which module, and may it be cached
 
 
@@ -109,7 +110,7 @@ def frozen_reason(model: nn.Module) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------
 # Stored features, and how GIT is fed them
 
 
@@ -239,7 +240,8 @@ def serve(model: nn.Module, lookup: Callable[[torch.Tensor], torch.Tensor]) -> S
 @contextmanager
 def encoded_once(model: nn.Module, pixel_values: torch.Tensor) -> Iterator[torch.Tensor]:
     """Run the image encoder once on a batch and serve its output to every call inside the block (teacher-forced
-    loss and ``generate``): yields the ``pixel_values`` to pass instead. Image numbers pass through unchanged."""
+    loss and ``generate``): yields the ``pixel_values`` to pass instead. Image numbers pass through as they are.
+    """
     if not pixel_values.is_floating_point():
         yield pixel_values
         return
@@ -248,7 +250,7 @@ def encoded_once(model: nn.Module, pixel_values: torch.Tensor) -> Iterator[torch
         yield torch.arange(len(pixel_values), device=pixel_values.device).view(-1, 1, 1, 1)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------
 # Building and placing the features of a trial's splits
 
 
@@ -499,8 +501,9 @@ def attach(
     out_splits = [replace(d, pixel_values=bank.rows_of(k)) for k, d in enumerate(splits)]
     cache = FeatureCache(where, bank.nbytes / 2**20, time.perf_counter() - start, built,
                          key=",".join(keys) or None, path=folder)  # fmt: skip
-    log.info("feature cache: %d images, %.1f MB (%s) on %s, %s in %.1f s", sum(len(d) for d in splits), cache.mb,
-             str(dtype).removeprefix("torch."), where, "built" if built else "opened", cache.seconds)  # fmt: skip
+    how = "built" if built else "opened"
+    log.info("feature cache: %d images, %.1f MB (%s) on %s, %s in %.1f s", sum(len(d) for d in splits),
+             cache.mb, str(dtype).removeprefix("torch."), where, how, cache.seconds)  # fmt: skip
     return out_splits, cache
 
 

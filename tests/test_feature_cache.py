@@ -14,11 +14,11 @@ from cxr_core.model import MethodSpec, apply_method, load_model
 from cxr_core.trial import MemoryMeter, evaluate, evaluate_model, run_trial, save_checkpoint, setup, train_epoch
 
 
-def _config(small_data, tmp_path, *, feature: str, precision: str, **arm) -> dict:
+def _config(small_data, tmp_path, *, feature: str, precision: str, cache: bool = True, **arm) -> dict:
     root, splits = small_data
     return {"model": "embedded", **arm,
             "data": {"split_dir": str(splits), "image_root": str(root), "max_train": 24, "max_val": 8,
-                     "cache_dir": str(tmp_path / "cache"), "feature_cache": feature},
+                     "cache_dir": str(tmp_path / "cache") if cache else "none", "feature_cache": feature},
             "train": {"epochs": 2, "batch_size": 8, "lr": 5e-3, "num_threads": 1, "precision": precision},
             "evaluation": {"max_new_tokens": 24, "batch_size": 8}}  # fmt: skip
 
@@ -37,12 +37,14 @@ def _weights(folder):
 
 
 @pytest.mark.parametrize(
-    "arm",
-    [{"method": "lora", "lora": {"r": 4, "target_modules": "text", "dropout": 0.1}, "precision": "fp32"},
-     {"method": "fft", "fft": {"freeze": "vision"}, "precision": "bf16"}],
-    ids=["lora-text-fp32", "fft-freeze-vision-bf16"],
+    ("arm", "where"),
+    [({"method": "lora", "lora": {"r": 4, "target_modules": "text", "dropout": 0.1}, "precision": "fp32"}, "file"),
+     ({"method": "fft", "fft": {"freeze": "vision"}, "precision": "bf16", "cache": False}, "memory")],
+    ids=["lora-text-fp32-file", "fft-freeze-vision-bf16-memory"],
 )  # fmt: skip
-def test_cached_trial_matches_the_uncached_one(arm, small_data, tmp_path):
+def test_cached_trial_matches_the_uncached_one(arm, where, small_data, tmp_path):
+    """Text LoRA (with dropout in the decoder) from a file entry, frozen-vision FFT under bf16 autocast from
+    memory (no pixel cache, so no file): the same losses, generations and checkpoints as without the cache."""
     runs = {}
     for mode in ("auto", "off"):
         cfg = trial_config(_config(small_data, tmp_path, feature=mode, **dict(arm)))
@@ -55,7 +57,7 @@ def test_cached_trial_matches_the_uncached_one(arm, small_data, tmp_path):
             s=s, calls=len(calls), losses=losses, metrics=metrics, generated=generated, records=records
         )
     cached, plain = runs["auto"], runs["off"]
-    assert cached["s"].features is not None and cached["s"].features.where == "file"
+    assert cached["s"].features is not None and cached["s"].features.where == where
     assert plain["s"].features is None
     # The cached trial never ran the encoder after set-up; the uncached one ran it in every step and evaluation.
     assert cached["calls"] == 0 and plain["calls"] == 2 * 3 + 1
