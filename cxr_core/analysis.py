@@ -34,6 +34,8 @@ COST = (
     "train_tokens_per_s",
     "wall_seconds",
     "checkpoint_mb",
+    "eval_seconds_per_image",
+    "feature_cache_mb",
 )
 LABEL_F1 = tuple(f"f1/{label}" for label in LABELS)
 METHOD, LR = registry.METHOD_COLUMN, "config/train/lr"

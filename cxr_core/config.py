@@ -34,6 +34,9 @@ class DataConfig:
             ``auto`` = ``$CXR_CACHE_DIR`` or ``data/cache`` of the checkout; ``none`` = run the processor
             in every trial instead; or a folder.
         cache_workers: processes that build the cache; 0 = every CPU of the node the trial may use.
+        feature_cache: ``auto`` = when nothing in the image encoder trains (LoRA on the text decoder, FFT with
+            ``fft.freeze: vision``), compute its output once per image and reuse it (:mod:`cxr_core.feature_cache`);
+            ``off`` = run the encoder in every step.
     """
 
     split_dir: str = "data/demo"
@@ -43,6 +46,7 @@ class DataConfig:
     image_policy: str = "skip"
     cache_dir: str = "auto"
     cache_workers: int = 0
+    feature_cache: str = "auto"
 
 
 @dataclass
@@ -164,6 +168,8 @@ class TrialBase:
             self.data.cache_workers,
             "must be >= 0 (0 = all)",
         )
+        need(self.data.feature_cache in ("auto", "off"), "data.feature_cache", self.data.feature_cache,
+             "must be auto or off")  # fmt: skip
         need(
             0 < self.resources.cpu < math.inf,
             "resources.cpu",

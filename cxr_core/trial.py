@@ -8,6 +8,7 @@ such as LoRA, a ``save_pretrained`` safetensors model for FFT: see :mod:`cxr_cor
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import psutil
 import torch
 
+from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split
@@ -98,6 +100,7 @@ class Setup:
     device: torch.device
     pad_id: int
     start_epoch: int = 0
+    features: feature_cache.FeatureCache | None = None  # the frozen encoder's outputs, when they are reused
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
@@ -134,6 +137,13 @@ def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None =
     if resume_from is not None:
         start_epoch = _load_checkpoint(config, model, resume_from)
     model.to(device)
+    features = None
+    if data.feature_cache == "auto":  # nothing in the image encoder trains: its outputs are computed once
+        (train, val), features = feature_cache.attach(
+            model, [train, val], device=device, autocast=uses_bf16(config.train.precision, device),
+            cache_dir=resolve_cache_dir(data.cache_dir), gpu_share=config.resources.gpu,
+            chunk=config.evaluation.batch_size, pad_id=processor.tokenizer.pad_token_id,
+        )  # fmt: skip
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.train.lr, weight_decay=config.train.weight_decay)
     steps_per_epoch = math.ceil(len(train) / (config.train.batch_size * config.train.grad_accum))
@@ -142,7 +152,9 @@ def setup(config: TrialConfig, *, meter: MemoryMeter, resume_from: Path | None =
         optimizer, lr_lambda(total, config.train.warmup_ratio, config.train.schedule)
     )
     pad_id = processor.tokenizer.pad_token_id
-    return Setup(config, model, processor, train, val, optimizer, scheduler, device, pad_id, start_epoch)
+    return Setup(
+        config, model, processor, train, val, optimizer, scheduler, device, pad_id, start_epoch, features
+    )
 
 
 def train_epoch(s: Setup, epoch: int) -> dict:
@@ -206,11 +218,31 @@ def per_image_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return ce.sum(dim=1), (target != -100).sum(dim=1)
 
 
+def _keeps_logits(model) -> bool:
+    """Whether GIT's forward takes ``logits_to_keep``: then only the text's logits are computed, not the image
+    tokens' (for git-base 197 positions x a 30,522-word head that the loss never reads)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _greedy(model, processor, max_new_tokens: int) -> dict:
+    """``generate`` arguments: greedy, the whole batch at once with the KV cache, stopping when every report has
+    ended (its ``eos``, else the tokenizer's [SEP])."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    eos = eos if eos is not None else processor.tokenizer.sep_token_id
+    return dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True, eos_token_id=eos,
+                pad_token_id=processor.tokenizer.pad_token_id)  # fmt: skip
+
+
 @torch.no_grad()
 def evaluate_model(
     model, processor, data: SplitData, *, evaluation, device: torch.device, precision: str = "auto"
 ) -> tuple[dict, list[str], ImageRecords]:
     """Teacher-forced loss, then greedy generation parsed back into labels; every metric of the split.
+
+    Per batch the image encoder runs once, for both (or not at all, with the feature cache); generation runs on
+    the whole batch with the KV cache and stops when every report has ended. ``eval_seconds_per_image`` is the
+    wall time of all this per image.
 
     Returns:
         (metrics with ``per_label``, the generated reports, the per-image records keyed by CSV row).
@@ -221,12 +253,19 @@ def evaluate_model(
     token_counts: list[torch.Tensor] = []
     generated: list[str] = []
     pad_id = processor.tokenizer.pad_token_id
+    greedy = _greedy(model, processor, evaluation.max_new_tokens)
+    keeps_logits = _keeps_logits(model)
     for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id, device=device):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device)):
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            out = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=evaluation.max_new_tokens)
-        loss_sum, tokens = per_image_loss(logits, batch["labels"])
+        labels = batch.pop("labels")
+        with (
+            torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(precision, device)),
+            feature_cache.encoded_once(model, batch.pop("pixel_values")) as pixel_values,
+        ):
+            keep = {"logits_to_keep": labels.shape[1]} if keeps_logits else {}
+            logits = model(**batch, pixel_values=pixel_values, **keep).logits
+            out = model.generate(pixel_values=pixel_values, **greedy)
+        loss_sum, tokens = per_image_loss(logits, labels)
         loss_sums.append(loss_sum.cpu())
         token_counts.append(tokens.cpu())
         generated.extend(processor.batch_decode(out, skip_special_tokens=True))
@@ -234,6 +273,7 @@ def evaluate_model(
     metrics = report_metrics(generated, data.reports, uncertain=evaluation.uncertain)
     metrics["val_loss"] = float(loss_sum.sum() / max(int(tokens.sum()), 1))
     metrics["eval_seconds"] = time.perf_counter() - start
+    metrics["eval_seconds_per_image"] = metrics["eval_seconds"] / max(len(data), 1)
     records = image_records(generated, rows=data.rows, loss_sum=loss_sum, tokens=tokens)
     return metrics, generated, records
 
@@ -322,6 +362,7 @@ def run_trial(
                 images_skipped=len(s.train.skipped) + len(s.val.skipped),
                 device=s.device.type,
                 pid=os.getpid(),
+                **feature_cache.cost_columns(s.features),
             )
             report(metrics, Path(tmp))
     if s.device.type == "cuda":  # hand the accelerator's memory back before the next trial on this GPU
