@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cxr_core import feature_cache
+from cxr_core import feature_cache, methods
 from cxr_core.config import trial_config
 from cxr_core.dataset import batches
-from cxr_core.model import MethodSpec, apply_method, load_model
+from cxr_core.model import load_model
 from cxr_core.trial import MemoryMeter, evaluate, evaluate_model, run_trial, save_checkpoint, setup, train_epoch
 
 
@@ -76,17 +76,17 @@ def test_cached_trial_matches_the_uncached_one(arm, where, small_data, tmp_path)
 
 @pytest.mark.parametrize(
     ("spec", "why"),
-    [(MethodSpec(method="fft"), "trainable"), (MethodSpec(method="fft", freeze="text"), "trainable"),
-     (MethodSpec(method="lora", targets="vision"), "trainable"),
-     (MethodSpec(method="lora", targets="all_linear"), "trainable"),
-     (MethodSpec(method="lora", targets=("q_proj",)), "trainable")],
+    [(("fft", {}), "trainable"), (("fft", {"freeze": "text"}), "trainable"),
+     (("lora", {"target_modules": "vision"}), "trainable"),
+     (("lora", {"target_modules": "all_linear"}), "trainable"),
+     (("lora", {"target_modules": ["q_proj"]}), "trainable")],
 )  # fmt: skip
 def test_arms_that_can_change_the_encoder_are_not_cacheable(spec, why):
-    assert why in feature_cache.frozen_reason(apply_method(load_model("embedded"), spec))
+    assert why in feature_cache.frozen_reason(methods.wrap(load_model("embedded"), *spec))
 
 
 def test_dropout_inside_the_encoder_makes_it_uncacheable():
-    model = apply_method(load_model("embedded"), MethodSpec(method="lora", targets="text"))
+    model = methods.wrap(load_model("embedded"), "lora", {"target_modules": "text"})
     assert feature_cache.frozen_reason(model) is None
     model.config.vision_config.attention_dropout = 0.1  # read by nothing built: the layers hold their own rate
     for module in feature_cache.image_encoder(model).modules():
