@@ -67,7 +67,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_reporter(metric: str, mode: str, *, every: float = 30.0, table_every: float = 300.0):
+def progress_reporter(metric: str, mode: str, *, every: float = 30.0, table_every: float = 600.0):
     """Tune's CLIReporter, subclassed to print the sweep's own view (see the module docstring): the progress line
     at most every ``every`` seconds when it changed, the whole table at the start, at most every ``table_every``
     seconds, and at the end."""
