@@ -166,7 +166,7 @@ def test_sweep_refuses_an_address_that_is_not_a_ray_head(row, request, small_dat
     proc, seconds = timed([*SWEEP, str(space), "--storage", str(storage), "--address", f"127.0.0.1:{port}"],
                           env={"CXR_CONNECT_TIMEOUT": "3"})  # fmt: skip
     assert_refused(proc, f"--address 127.0.0.1:{port}", *phrases)
-    assert seconds < 3 + 10, seconds
+    assert seconds < 3 + 40, seconds  # a hang lasts minutes; start-up on a loaded machine can take 10-20 s
     assert not storage.exists()
 
 
@@ -202,14 +202,14 @@ def test_sweep_gives_up_on_a_storage_that_does_not_answer(scheme, silent_server,
     space = space_file(tmp_path, small_data)
     proc, seconds = timed([*SWEEP, str(space), "--storage", uri, "--connect-timeout", "3"])
     assert_refused(proc, f"storage {uri} did not answer within 3 s", "check the bucket name, the credentials")
-    assert seconds < 3 + 10, seconds
+    assert seconds < 3 + 40, seconds  # a hang lasts minutes; start-up on a loaded machine can take 10-20 s
 
 
 def test_analyze_gives_up_on_a_storage_that_does_not_answer(silent_server):
     uri = f"gs://bucket/rr/demo?endpoint_override=127.0.0.1:{silent_server}&scheme=http"
     proc, seconds = timed([sys.executable, "-m", "jobs.analyze", uri], env={"CXR_CONNECT_TIMEOUT": "3"})
     assert_refused(proc, f"storage {uri} did not answer within 3 s", "$CXR_CONNECT_TIMEOUT=SECONDS")
-    assert seconds < 3 + 10, seconds
+    assert seconds < 3 + 40, seconds  # a hang lasts minutes; start-up on a loaded machine can take 10-20 s
 
 
 # ------------------------------------------------------------------------------ 5. one driver per sweep
