@@ -73,7 +73,7 @@ def test_demo_design_three_seeds_three_learning_rates_per_method_ranks_and_prese
     assert {k[3] for k in lora} == {"vision", "text", "all_linear"} and {k[2] for k in lora} == {"4", "16"}
 
 
-def test_fft_lora_ia3_design_and_its_dry_run_plan(tmp_path, monkeypatch, capsys):
+def test_fft_lora_ia3_design_and_its_dry_run_plan(small_data, tmp_path, monkeypatch, capsys):
     """33 trials = 11 configurations x seeds 0, 1, 2: three learning rates per method, IA3's grid above LoRA's (its
     middle 60x LoRA's), IA3's three presets; the dry-run plan at git-base (one seed) shows IA3's preset and its
     exact trainable counts, with FFT's freeze and LoRA's rank left off its rows."""
@@ -90,7 +90,9 @@ def test_fft_lora_ia3_design_and_its_dry_run_plan(tmp_path, monkeypatch, capsys)
     assert {t["ia3"]["target_modules"] for t in trials if t["method"] == "ia3"} == {"all", "vision", "text"}
 
     out = tmp_path / "plan.csv"
-    main([str(space), "--dry-run", "--model", "arch:git-base", "--set", "train.seed=0", "--plan-out", str(out)])
+    root, splits = small_data  # a dry run checks the data as a real sweep does: point it at data that exist
+    main([str(space), "--dry-run", "--model", "arch:git-base", "--set", "train.seed=0", "--plan-out", str(out),
+          "--set", f"data.split_dir={splits}", "--set", f"data.image_root={root}"])  # fmt: skip
     assert "11 trials planned, nothing trained" in capsys.readouterr().out
     plan = pd.read_csv(out, keep_default_na=False)
     ia3 = plan[plan["method"] == "ia3"]
