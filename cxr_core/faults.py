@@ -478,8 +478,9 @@ def repair_experiment_state(folder: str) -> str | None:
     newest = names[-1]
     with fs.open_input_stream(f"{root}/{newest}") as f:
         size = len(f.read())
-    stamp = newest.removeprefix("experiment_state-").removesuffix(".json")
-    copies = [p.parent for p in _ray_temp_dir().glob(f"session_*/artifacts/{stamp}/*/driver_artifacts/{newest}")
+    # Tune names the session's artifacts folder by the experiment's start, which can be a second before the
+    # state file's own time stamp: match the file by its name under any artifacts folder.
+    copies = [p.parent for p in _ray_temp_dir().glob(f"session_*/artifacts/*/*/driver_artifacts/{newest}")
               if _whole_json(p)]  # fmt: skip
     if not copies:
         if _whole_json_at(fs, f"{root}/{newest}"):
