@@ -691,4 +691,6 @@ def test_worker_node_lost_mid_trial_is_retried_from_its_checkpoint(token_cluster
 
     epochs = results_frame(rr / "lost").sort_values("epoch")
     assert epochs["epoch"].astype(int).tolist() == list(range(1, 9)), epochs[["epoch", "node_id"]]  # none lost
-    assert epochs["node_id"].iloc[0] == first["node_id"] != epochs["node_id"].iloc[-1]  # finished elsewhere
+    # Finished on the other node. (Epoch 1 itself may be from either: when the node goes before epoch 1's checkpoint
+    # reached the storage, the retry trains epoch 1 again, and the newer report of an epoch is the one kept.)
+    assert epochs["node_id"].iloc[-1] != first["node_id"]
