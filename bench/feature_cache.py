@@ -125,22 +125,32 @@ def _optimizer(model, n: int, batch_size: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(-(-n // batch_size), 0.1, "cosine"))
 
 
-def _previous_evaluate(model, processor, data, *, batch_size: int, max_new_tokens: int, bf16: bool):
-    """The evaluation loop as it was before the feature cache (loss + generation, no metrics):
-    (seconds, generated reports)."""
+def _previous_evaluate(model, processor, data, *, evaluation, bf16: bool):
+    """:func:`cxr_core.trial.evaluate_model` as it was before the feature cache, all of it (loss, generation,
+    metrics, records): (seconds, generated reports)."""
     from cxr_core.dataset import batches
+    from cxr_core.metrics import report_metrics
+    from cxr_core.records import image_records
     from cxr_core.trial import per_image_loss
 
     model.eval()
-    generated = []
     start = time.perf_counter()
+    loss_sums, token_counts, generated = [], [], []
+    pad_id = processor.tokenizer.pad_token_id
     with torch.no_grad():
-        for batch in batches(data, batch_size=batch_size, pad_id=processor.tokenizer.pad_token_id):
+        for batch in batches(data, batch_size=evaluation.batch_size, pad_id=pad_id):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-                out = model.generate(pixel_values=batch["pixel_values"], max_new_tokens=max_new_tokens)
-            per_image_loss(logits, batch["labels"])
+                out = model.generate(
+                    pixel_values=batch["pixel_values"], max_new_tokens=evaluation.max_new_tokens
+                )
+            loss_sum, tokens = per_image_loss(logits, batch["labels"])
+            loss_sums.append(loss_sum.cpu())
+            token_counts.append(tokens.cpu())
             generated += processor.batch_decode(out, skip_special_tokens=True)
+    loss_sum, tokens = torch.cat(loss_sums).numpy(), torch.cat(token_counts).numpy()
+    report_metrics(generated, data.reports, uncertain=evaluation.uncertain)
+    image_records(generated, rows=data.rows, loss_sum=loss_sum, tokens=tokens)
     return time.perf_counter() - start, generated
 
 
@@ -290,8 +300,9 @@ def _eval(setups: dict, processor, args) -> dict:
 
     def previous():
         bf16 = args.precision == "bf16"
-        return _previous_evaluate(setups["off"].model, processor, subset["off"], batch_size=args.eval_batch,
-                                  max_new_tokens=args.max_new_tokens, bf16=bf16)  # fmt: skip
+        return _previous_evaluate(
+            setups["off"].model, processor, subset["off"], evaluation=evaluation, bf16=bf16
+        )
 
     def now(mode: str):
         s = setups[mode]
