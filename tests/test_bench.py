@@ -22,6 +22,9 @@ def test_gpu_bench_runs_on_cpu_at_tiny_size():
     assert rows["fft_freeze_vision"]["trainable_params"] < rows["fft"]["trainable_params"]
     assert rows["lora_r16_all_linear"]["trainable_params"] > rows["lora_r16_vision"]["trainable_params"] > 0
     assert all(r["samples_per_s"] > 0 and r["mfu"] >= 0 for r in rows.values())
+    # The frozen-encoder arms also run with the feature cache (the same model and trainable parameters).
+    for name in ("fft_freeze_vision", "lora_r16_text"):
+        assert rows[f"{name}_cached"]["trainable_params"] == rows[name]["trainable_params"]
 
 
 def test_step_overhead_bench_small():
