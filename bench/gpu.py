@@ -7,6 +7,11 @@ text tokens)) (the usual 6N-per-token training estimate, embeddings and LM head 
 MFU = achieved model FLOP/s / the accelerator's peak dense bf16 FLOP/s (``--peak-tflops``, default 989
 for H100/H200 SXM).
 
+The ``*_cached`` rows are the arms whose image encoder is frozen (text LoRA, FFT with the vision tower frozen)
+with the frozen-encoder feature cache (:mod:`cxr_core.feature_cache`): the batch's encoder outputs are computed
+once, before timing, kept on the GPU in bf16 and served to GIT, as a trial does when they fit on the device.
+Their model FLOPs leave out the encoder, which they no longer run.
+
     python bench/gpu.py                          # on a GPU machine, < 5 minutes
     python -m bench.gpu --tiny --device cpu      # the same code on a CPU at tiny size (what the tests run)
 """
@@ -20,6 +25,7 @@ import time
 import torch
 
 ADAPTER_SIZE = 16  # LoRA's rank in the benchmark's configurations
+CACHED = ("fft_freeze_vision", f"lora_r{ADAPTER_SIZE}_text")  # also run with the feature cache, as ``NAME_cached``
 
 
 def tiny_config():
@@ -31,26 +37,26 @@ def tiny_config():
                      num_attention_heads=2, vocab_size=1000, max_position_embeddings=128)  # fmt: skip
 
 
-def flops_per_sample(model, text_len: int) -> float:
+def flops_per_sample(model, text_len: int, *, encoder: bool = True) -> float:
     cfg = model.config
     vc = cfg.vision_config
     img_tokens = (vc.image_size // vc.patch_size) ** 2 + 1
     # The base model's parameters (called before a method wraps it: an adapter's few parameters add no FLOPs
-    # worth counting).
+    # worth counting); with the feature cache the image encoder's forward pass is not run at all.
     vision = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." in f".{n}")
     decoder = sum(p.numel() for n, p in model.named_parameters() if ".image_encoder." not in f".{n}")
-    return 6.0 * (vision * img_tokens + decoder * (img_tokens + text_len))
+    return 6.0 * (vision * img_tokens * encoder + decoder * (img_tokens + text_len))
 
 
-def run_config(name, spec, *, device, batch, steps, text_len, tiny) -> dict:
+def run_config(name, spec, *, device, batch, steps, text_len, tiny, cached: bool = False) -> dict:
     from transformers import GitForCausalLM
 
-    from cxr_core import methods
+    from cxr_core import feature_cache, methods
     from cxr_core.model import load_model, parameter_counts
 
     torch.manual_seed(0)
     base = GitForCausalLM(tiny_config()) if tiny else load_model("arch:git-base")
-    flops = flops_per_sample(base, text_len)
+    flops = flops_per_sample(base, text_len, encoder=not cached)
     model = methods.wrap(base, *spec).to(device)
     trainable, total = parameter_counts(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -59,12 +65,21 @@ def run_config(name, spec, *, device, batch, steps, text_len, tiny) -> dict:
     vocab = model.config.vocab_size
     pixels = torch.randn(batch, 3, size, size, device=device)
     ids = torch.randint(5, vocab, (batch, text_len), device=device)
+    bf16 = device.type == "cuda"
+    if cached:  # the encoder's outputs once, on the device (bf16 under autocast), served to GIT by image number
+        assert feature_cache.frozen_reason(model) is None, name
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            features = feature_cache.image_encoder(model)(pixels).last_hidden_state
+        features = features.to(torch.bfloat16 if bf16 else torch.float32)
+        feature_cache.serve(model, feature_cache.FeatureBank([feature_cache.Features(features, features.dtype)],
+                                                            features))  # fmt: skip
+        pixels = torch.arange(batch, device=device).view(-1, 1, 1, 1)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model.train()
 
     def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(pixel_values=pixels, input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
@@ -82,6 +97,7 @@ def run_config(name, spec, *, device, batch, steps, text_len, tiny) -> dict:
     seconds = time.perf_counter() - start
     sps = batch * steps / seconds
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    name = f"{name}_cached" if cached else name
     return {"config": name, "batch": batch, "trainable_params": trainable, "total_params": total,
             "samples_per_s": round(sps, 2), "peak_mem_gib": round(peak, 2) if peak is not None else None,
             "model_tflops_per_s": round(flops * sps / 1e12, 3), "_flops": flops}  # fmt: skip
@@ -105,12 +121,14 @@ def main(argv=None) -> dict:
     from cxr_core import methods
 
     for batch in batches:
-        for name, *spec in methods.examples(ADAPTER_SIZE):
+        examples = [(name, *spec) for name, *spec in methods.examples(ADAPTER_SIZE)]
+        runs = [*((n, s, False) for n, *s in examples), *((n, s, True) for n, *s in examples if n in CACHED)]
+        for name, spec, cached in runs:
             try:
                 row = run_config(name, spec, device=device, batch=batch, steps=args.steps, text_len=args.text_len,
-                                 tiny=args.tiny)  # fmt: skip
+                                 tiny=args.tiny, cached=cached)  # fmt: skip
             except torch.OutOfMemoryError:
-                row = {"config": name, "batch": batch, "error": "out of memory"}
+                row = {"config": f"{name}_cached" if cached else name, "batch": batch, "error": "out of memory"}
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the previous configuration's model is gone once run_config returned
             row.pop("_flops", None)

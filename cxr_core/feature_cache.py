@@ -68,7 +68,6 @@ from cxr_core.errors import CxrError
 log = logging.getLogger(__name__)
 
 FEATURE_VERSION = 1
-FEATURE_MODES = ("auto", "off")
 SHARE = 0.25  # at most this share of the free GPU memory (or of the available RAM) holds features
 _CHUNK = 64  # images per encoder call when building
 

@@ -25,6 +25,9 @@ def test_gpu_bench_runs_on_cpu_at_tiny_size():
     assert rows["ia3_vision"]["trainable_params"] == rows["ia3_text"]["trainable_params"] == 2 * (32 + 32 + 64)
     assert rows["ia3_all"]["trainable_params"] == 2 * rows["ia3_text"]["trainable_params"]
     assert all(r["samples_per_s"] > 0 and r["mfu"] >= 0 for r in rows.values())
+    # The frozen-encoder arms also run with the feature cache (the same model and trainable parameters).
+    for name in ("fft_freeze_vision", "lora_r16_text"):
+        assert rows[f"{name}_cached"]["trainable_params"] == rows[name]["trainable_params"]
 
 
 def test_step_overhead_bench_small():
@@ -63,3 +66,24 @@ def test_label_readability_bench_reads_a_strong_sign(small_data):
     for row in labels.values():
         assert row["train_positives"] >= 3 and row["test_positives"] >= 1
         assert all(0 <= row[k]["auc"] <= 1 and 0 <= row[k]["f1"] <= 1 for k in ("pixels", "vision_tokens"))
+
+
+def test_feature_cache_bench_small():
+    result = last_json("bench.feature_cache", "--model", "embedded", "--samples", "8", "--rounds", "1",
+                       "--threads", "1", "--eval-images", "4", "--max-new-tokens", "8")  # fmt: skip
+    rows = {r["arm"]: r for r in result["rows"]}
+    assert set(rows) == {"lora_r8_text", "fft_freeze_vision"}
+    for r in rows.values():
+        assert r["off_epoch_s"] > 0 and r["cached_epoch_s"] > 0 and r["build_s"] > 0
+        assert r["speedup"] == pytest.approx(r["off_epoch_s"] / r["cached_epoch_s"], abs=1e-2)
+        # Same batches, same initial weights: the cache must not change what is learned.
+        assert r["cached_train_loss"] == pytest.approx(r["off_train_loss"], rel=1e-5)
+        # A CPU trial keeps them in a file entry: 8 images x 65 tokens x 128 floats of the tiny GIT's encoder.
+        assert r["feature_cache"] == "file" and r["feature_cache_mb"] == round(8 * 65 * 128 * 4 / 2**20, 2)
+    ev = result["eval"]
+    assert ev["images"] == 4 and min(ev[f"{k}_s_per_image"] for k in ("previous", "uncached", "cached")) > 0
+    assert ev["speedup_cached"] == pytest.approx(
+        ev["previous_s_per_image"] / ev["cached_s_per_image"], abs=1e-2
+    )
+    # The same weights give the same reports through the previous loop, the loop now, and the cached features.
+    assert ev["same_generations"] is True

@@ -199,3 +199,11 @@ def test_a_served_path_that_disagrees_is_refused(small_data, tmp_path):
     with feature_cache.serve(s.model, wrong) as served:
         why = feature_cache._agrees(s.model, served, pixels["pixel_values"], numbers, ids, autocast=False)
     assert why is not None and "logits differ" in why
+
+
+def test_feature_cache_setting_is_checked():
+    from cxr_core.errors import CxrError
+
+    assert trial_config({"data": {"feature_cache": "off"}}).data.feature_cache == "off"
+    with pytest.raises(CxrError, match="`data.feature_cache` must be auto or off, got 'on'"):
+        trial_config({"data": {"feature_cache": "on"}})
