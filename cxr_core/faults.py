@@ -449,7 +449,8 @@ def repair_experiment_state(folder: str) -> str | None:
     (``artifacts/STAMP/NAME/driver_artifacts/``), then copies them over the storage's copies in place. A storage
     that fills up, or a driver killed mid-copy, leaves those cut short: ``Tuner.restore`` then fails on the
     state, or restores a trial with its first epochs missing. The driver's copies of the newest state's time stamp
-    are whole; every storage file shorter than its copy (or missing) is written again from it. (After a driver
+    are whole; every storage file shorter than its copy (or missing), or as long but older and different, is
+    written again from it. (After a driver
     killed with SIGKILL this also uploads what it had not uploaded yet: results that are no less true.)
 
     Returns:
@@ -496,7 +497,7 @@ def repair_experiment_state(folder: str) -> str | None:
     for source in sorted(p for p in local.rglob("*") if p.is_file()):
         rel = source.relative_to(local).as_posix()
         info = fs.get_file_info(f"{root}/{rel}")
-        if info.type == pyarrow.fs.FileType.File and info.size >= source.stat().st_size:
+        if info.type == pyarrow.fs.FileType.File and not _stale(fs, info, source):
             continue
         fs.create_dir(f"{root}/{rel}".rsplit("/", 1)[0], recursive=True)
         tmp = f"{root}/{rel}.cxr-repair"
@@ -511,6 +512,19 @@ def repair_experiment_state(folder: str) -> str | None:
         f"repaired {len(repaired)} file(s) of {folder} cut short or not yet uploaded ({shown}) from the driver's "
         f"copies in {local}"
     )
+
+
+def _stale(fs, info, source: Path) -> bool:
+    """Whether the storage's file (``info``) is behind the driver's copy ``source``: shorter, or as long but
+    older and different (a state that names ``checkpoint_000000`` where the copy names ``checkpoint_000001`` has
+    the same length). A storage file newer than the copy (a later driver's) is never replaced."""
+    size = source.stat().st_size
+    if info.size != size:
+        return info.size < size
+    if info.mtime is None or info.mtime.timestamp() >= source.stat().st_mtime:
+        return False
+    with fs.open_input_stream(info.path) as f:
+        return f.read() != source.read_bytes()
 
 
 def _whole_json_at(fs, path: str) -> bool:

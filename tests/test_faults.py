@@ -481,11 +481,24 @@ def test_tune_files_cut_short_are_repaired_from_the_drivers_copy(tmp_path, monke
     (exp / f"experiment_state-{stamp}.json").write_bytes(whole[f"experiment_state-{stamp}.json"][:100])
     (exp / "trial_1" / "result.json").write_bytes(b'{"epoch": 1}\n')
     (exp / "trial_1" / "checkpoint_000000").mkdir()  # the trial's own uploads: not the driver's, left alone
+    # A state as long as the driver's but older (it names checkpoint_000000 where the copy names _000001) ...
+    old = exp / f"basic-variant-state-{stamp}.json"
+    old.write_bytes(b"\x80\x05stale")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    # ... is behind; one as long but newer than the driver's copy (a later driver's) is not.
+    newer = {"trial_1/progress.csv": (b"epoch\n1\n", b"epoch\n2\n")}
+    for rel, (copy, kept) in newer.items():
+        (stage / rel).write_bytes(copy)
+        (exp / rel).write_bytes(kept)
+        os.utime(stage / rel, (time.time() - 60, time.time() - 60))
     note = repair_experiment_state(str(exp))
     assert note == (
-        f"repaired 2 file(s) of {exp} cut short or not yet uploaded (experiment_state-{stamp}.json, "
-        f"trial_1/result.json) from the driver's copies in {stage}"
+        f"repaired 3 file(s) of {exp} cut short or not yet uploaded (basic-variant-state-{stamp}.json, "
+        f"experiment_state-{stamp}.json, trial_1/result.json) from the driver's copies in {stage}"
     )
+    assert (exp / "trial_1" / "progress.csv").read_bytes() == b"epoch\n2\n"
+    (stage / "trial_1" / "progress.csv").unlink()
+    (exp / "trial_1" / "progress.csv").unlink()
     assert hashes(exp) == hashes(stage)
     assert repair_experiment_state(str(exp)) is None  # nothing left to repair
     shutil.rmtree(tmp_path / "ray")
