@@ -206,15 +206,15 @@ def build_processor(tokenizer: BertTokenizerFast | None = None) -> GitProcessor:
 
 
 def tiny_git_config(tokenizer: BertTokenizerFast, size: str = "tiny") -> GitConfig:
-    """An embedded GIT's config; ``tiny``: 2 ViT + 2 decoder layers, width 128, 4 heads, MLP 4x; 64 px, 8 px patches.
+    """An embedded GIT's config; ``tiny``: 2 ViT + 2 decoder layers, width 128, 4 heads, MLP 4x; 64 px input.
 
-    ``small`` is 3 + 3 layers, width 256, 8 heads, MLP 1024 (:data:`GIT_SIZES`); input, vocabulary and text
-    positions are the same for every size. The tiny one is sized so that full fine-tuning on 64 px images
-    with ~45-token texts runs at >= 80 samples/s on one CPU thread (docs/tiny_git.md). Two departures from
-    GIT-base's defaults, both for a narrow model trained briefly: ``initializer_range`` about 1/sqrt(width)
-    (0.1 for the tiny one; at GIT-base's 0.02 the shape words stayed at chance for 1,600 pretraining steps, at
-    0.1 they are learned within ~500), and no dropout (the pretraining data is unlimited; a fine-tuning run
-    can set ``hidden_dropout_prob`` itself).
+    ``small`` is 3 + 3 layers, width 256, 8 heads, MLP 1024 (:data:`GIT_SIZES`); input (64 px, 8 px patches),
+    vocabulary and text positions are the same for every size. The tiny one is sized so that full fine-tuning
+    on 64 px images with ~45-token texts runs at >= 80 samples/s on one CPU thread (docs/tiny_git.md). Two
+    departures from GIT-base's defaults, both for a narrow model trained briefly: ``initializer_range`` about
+    1/sqrt(width) (0.1 for the tiny one; at GIT-base's 0.02 the shape words stayed at chance for 1,600
+    pretraining steps, at 0.1 they are learned within ~500), and no dropout (the pretraining data is
+    unlimited; a fine-tuning run can set ``hidden_dropout_prob`` itself).
     """
     shape = git_size(size)
     return GitConfig(
@@ -413,7 +413,7 @@ def _words(text: str) -> list[str]:
 @dataclass(frozen=True)
 class PretrainArgs:
     """Pretraining hyper-parameters; the defaults (with ``steps=2400, seed=0``) built the committed tiny model,
-    and with ``size="small", lr=GIT_SIZES["small"].lr`` the small one."""
+    and with ``size="small", threads=1`` the small one (docs/tiny_git.md)."""
 
     steps: int
     seed: int
@@ -575,7 +575,7 @@ def round_to_stored_dtype(model: GitForCausalLM, dtype: str) -> None:
 
 
 def save_model(model: GitForCausalLM, out_dir: Path, stored_dtype: str = "float32") -> None:
-    """``save_pretrained`` in fp32, then (for ``float16``/``bfloat16``) the weights file rewritten in that dtype.
+    """``save_pretrained`` in fp32, then (``float16``, ``bfloat16``) the weights file rewritten in that dtype.
 
     ``config.json`` keeps ``"dtype": "float32"``: transformers 5 loads with ``dtype="auto"``, i.e. in the
     config's dtype, so the model loads, trains and is checkpointed in fp32 like the tiny one; only the

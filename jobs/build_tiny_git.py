@@ -2,8 +2,8 @@
 
 The committed folders were made with (docs/tiny_git.md has the figures)::
 
-    python -m jobs.build_tiny_git --out cxr_core/assets/tiny-git --steps 2400 --seed 0     # 3.5-4 min, 2 threads
-    python -m jobs.build_tiny_git --size small --out cxr_core/assets/small-git --seed 0
+    python -m jobs.build_tiny_git --out cxr_core/assets/tiny-git --steps 2400 --seed 0   # 3.5-4 min
+    python -m jobs.build_tiny_git --size small --out cxr_core/assets/small-git --seed 0 --threads 1
 
 A quick CPU smoke run::
 
