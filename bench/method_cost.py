@@ -13,10 +13,12 @@ r=8 on each preset), on one torch thread by default. Three parts:
    next): build, apply the method, one warm-up step and one more. Peak = the process's peak RSS (VmHWM, reset
    through /proc/self/clear_refs) above its RSS before the model was built.
 3. **Step time**: every pair that ran in part 2, side by side in one process, round-robin over ``--rounds``
-   rounds (each pair: a copy of the model, the method applied, one untimed warm-up step, then at least
-   ``--steps`` timed steps and ``--min-seconds``); the median per pair. On a shared machine the seconds move
-   with the load; the ratios (to FFT of the same model, and to the tiny model's FFT) come from the same rounds
-   and move much less.
+   rounds (each pair: the model built, the method applied, one untimed warm-up step, then at least
+   ``--steps`` timed steps and ``--min-seconds`` of CPU time); the median per pair of the process's CPU
+   seconds per step (``time.process_time``) and of the wall seconds. On one thread the CPU seconds are the
+   step's cost on a core of its own; on a shared machine the wall seconds also hold the time the process
+   waited for a core (a 2-core VM with a load of 4-11 gave one pair 25, 115 and 38 wall seconds in three
+   rounds), so the ratios (to FFT of the same model, and to the first model's FFT) come from CPU seconds.
 
 A pair runs only if its plan fits under ``--max-memory-gb`` (default 24) and, with room for activations
 (1.5x the plan), in the memory available now; otherwise its row says why and the rest go on. A child process
@@ -140,13 +142,13 @@ def measure_peak(model_name: str, spec: dict, *, batch: int, threads: int) -> tu
 
 
 def time_side_by_side(pairs, *, batch: int, steps: int, min_seconds: float, rounds: int, threads: int) -> dict:
-    """Part 3, in this process: {(model, config): [seconds per step, one per round]}, pairs round-robin."""
+    """Part 3, in this process: {(model, config): [(CPU s, wall s) per step, one per round]}, round-robin."""
     import torch
 
     from cxr_core.model import MethodSpec, apply_method, load_model
 
     torch.set_num_threads(threads)
-    times: dict[tuple[str, str], list[float]] = {key: [] for key, _ in pairs}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key, _ in pairs}
     for r in range(rounds):
         for (model_name, config), spec in pairs if r % 2 == 0 else pairs[::-1]:  # alternate the order too
             torch.manual_seed(0)
@@ -155,11 +157,12 @@ def time_side_by_side(pairs, *, batch: int, steps: int, min_seconds: float, roun
             optimizer = _optimizer(model)
             pixels, ids = _inputs(model, batch)
             _step(model, optimizer, pixels, ids)  # warm-up: allocates the AdamW state, not timed
-            n, start = 0, time.perf_counter()
-            while n < steps or time.perf_counter() - start < min_seconds:
+            n, cpu, wall = 0, time.process_time(), time.perf_counter()
+            while n < steps or time.process_time() - cpu < min_seconds:
                 _step(model, optimizer, pixels, ids)
                 n += 1
-            times[(model_name, config)].append((time.perf_counter() - start) / n)
+            cpu, wall = (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+            times[(model_name, config)].append((cpu, wall))
             del model, optimizer
         print(f"round {r + 1}/{rounds} timed", flush=True)
     return times
@@ -185,7 +188,9 @@ def main(argv=None) -> dict:
     p.add_argument("--model", help="one model only (same as --models NAME)")
     p.add_argument("--only", nargs="*", help="run only these configs")
     p.add_argument("--steps", type=int, default=2, help="timed steps per pair and round, at least (default 2)")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="and at least this long per pair and round")
+    p.add_argument(
+        "--min-seconds", type=float, default=1.0, help="and at least this much CPU time per pair and round"
+    )
     p.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds (default 3)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared CPU)")
@@ -211,27 +216,29 @@ def main(argv=None) -> dict:
                               rounds=args.rounds, threads=args.threads)  # fmt: skip
     by_key = {(r["model"], r["config"]): r for r in rows}
     for key, seconds in times.items():
-        by_key[key]["step_s"] = round(statistics.median(seconds), 4)
-        by_key[key]["step_s_rounds"] = [round(s, 4) for s in seconds]
+        for i, kind in enumerate(("cpu", "wall")):
+            by_key[key][f"step_{kind}_s"] = round(statistics.median(s[i] for s in seconds), 4)
+            by_key[key][f"step_{kind}_s_rounds"] = [round(s[i], 4) for s in seconds]
     reference = by_key.get((models[0], "fft"), {})
     for r in rows:
         fft = by_key.get((r["model"], "fft"), {})
         if r.get("peak_mem_mb") and fft.get("peak_mem_mb"):
             r["peak_mem_vs_fft"] = round(r["peak_mem_mb"] / fft["peak_mem_mb"], 3)
-        if r.get("step_s") and fft.get("step_s"):
-            r["step_time_vs_fft"] = round(r["step_s"] / fft["step_s"], 3)
-        if r.get("step_s") and reference.get("step_s"):
-            r["step_time_vs_reference_fft"] = round(r["step_s"] / reference["step_s"], 2)
+        if r.get("step_cpu_s") and fft.get("step_cpu_s"):
+            r["step_time_vs_fft"] = round(r["step_cpu_s"] / fft["step_cpu_s"], 3)
+        if r.get("step_cpu_s") and reference.get("step_cpu_s"):
+            r["step_time_vs_reference_fft"] = round(r["step_cpu_s"] / reference["step_cpu_s"], 2)
     for r in rows:
-        if "step_s" in r:
-            print(f"{r['model']:<16} {r['config']:<20} step {r['step_s']:.4f} s  "
-                  f"vs FFT {r.get('step_time_vs_fft', float('nan')):.3f}", flush=True)  # fmt: skip
+        if "step_cpu_s" in r:
+            print(f"{r['model']:<16} {r['config']:<20} step {r['step_cpu_s']:.4f} CPU s "
+                  f"({r['step_wall_s']:.3f} wall s), vs FFT {r.get('step_time_vs_fft', float('nan')):.3f}",
+                  flush=True)  # fmt: skip
     result = {"bench": "method_cost", "models": models, "reference": f"{models[0]} fft", "batch": args.batch,
               "text_tokens": BATCH_TEXT_TOKENS, "steps": args.steps, "min_seconds": args.min_seconds,
               "rounds": args.rounds, "threads": args.threads, "max_memory_gb": args.max_memory_gb,
               "memory": "plan: fp32 weights + gradients + AdamW (activations excluded); peak: peak RSS above "
                         "pre-model RSS in a fresh process (CPU)",
-              "step_time": "median over round-robin rounds, all pairs in one process",
+              "step_time": "median over round-robin rounds, all pairs in one process; ratios from CPU seconds",
               "rows": rows}  # fmt: skip
     print(json.dumps(result))
     return result
