@@ -24,7 +24,7 @@ A pair runs only if its plan fits under ``--max-memory-gb`` (default 24) and, wi
 (1.5x the plan), in the memory available now; otherwise its row says why and the rest go on. A child process
 that dies (e.g. killed out of memory) gives a row that says so, not a crash.
 
-    python -m bench.method_cost                         # 4 models x 7 configurations; ~1 h on 2 shared cores
+    python -m bench.method_cost                         # 4 models x 7 configurations; 40-75 min, 2 shared cores
     python -m bench.method_cost --models embedded embedded-small --rounds 5
     python -m bench.method_cost --models arch:git-base --only fft lora_r8_all_linear --steps 2
 """
