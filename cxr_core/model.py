@@ -18,6 +18,7 @@ from torch import nn
 from cxr_core.errors import CxrError
 
 EMBEDDED = "embedded"
+EMBEDDED_SIZES = {EMBEDDED: "tiny", "embedded-small": "small"}  # model name -> size in cxr_core.tiny_git
 VISION_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 TEXT_SUFFIXES = ("query", "key", "value", "dense")
 ATTENTION_SUFFIXES = (
@@ -37,11 +38,12 @@ ARCHITECTURES = ("git-base", "git-large")
 
 
 def resolve_model_name(name: str) -> str:
-    """``embedded`` -> the committed tiny GIT folder; anything else is returned unchanged."""
-    if name == EMBEDDED:
+    """``embedded`` -> the committed tiny GIT folder, ``embedded-small`` -> the small one; anything else is
+    returned unchanged."""
+    if name in EMBEDDED_SIZES:
         from cxr_core.tiny_git import embedded_model_path
 
-        return str(embedded_model_path())
+        return str(embedded_model_path(EMBEDDED_SIZES[name]))
     return name
 
 
@@ -69,7 +71,7 @@ def _checked_model_path(name: str) -> str:
     if not name or not name.isprintable():
         raise CxrError(f"model name {name!r} is empty or holds control characters; give a folder or a hub id")
     looks_local = (
-        name == EMBEDDED or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
+        name in EMBEDDED_SIZES or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
     )
     if looks_local and not (Path(path) / "config.json").is_file():
         raise CxrError(

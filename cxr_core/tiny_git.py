@@ -1,4 +1,4 @@
-"""The embedded tiny GIT backbone: a few-MB ``GitForCausalLM`` in Hugging Face format, made by the project.
+"""The embedded GIT backbones: few-MB ``GitForCausalLM`` models in Hugging Face format, made by the project.
 
 The study's real backbone is ``microsoft/git-base`` (176M parameters, from the hub). Tests, CPU demos and the
 search-space smoke runs need a backbone that loads offline, trains at CPU speed and already knows how to
@@ -11,11 +11,17 @@ module builds one: GIT's own architecture (same classes, same module names, so t
              small or large; bright or dark) in distinct cells of a 3x3 grid of positions
     caption: "there are two shapes. at the top left, a large bright circle. at the right, a small dark bar."
 
+There are two sizes (:data:`GIT_SIZES`): ``tiny`` (0.94M parameters, ``cxr_core/assets/tiny-git``, model
+name ``embedded``) and ``small`` (5.06M: 256-wide, 3 layers per tower; ``cxr_core/assets/small-git``, model
+name ``embedded-small``). Both share the tokenizer, the processor, the task and the training recipe (init and
+learning rate scaled to the width), so the same data, presets and spaces apply to either; the study's scale axis
+runs over them.
+
 The pieces, each a builder: :func:`build_tokenizer` (a small uncased WordPiece ``BertTokenizerFast`` that
 covers every word the report template writes), :func:`build_processor` (``GitProcessor`` with a 64 px CLIP
 image processor), :func:`tiny_git_config`, the synthetic data (:func:`synthetic_captions`) and
 :func:`pretrain`, which trains, evaluates against the random initialisation and saves the folder that ships
-in ``cxr_core/assets/tiny-git`` (see ``jobs/build_tiny_git.py`` and ``docs/tiny_git.md``).
+in ``cxr_core/assets/`` (see ``jobs/build_tiny_git.py`` and ``docs/tiny_git.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from transformers import (
@@ -87,9 +94,58 @@ POSITIONS = (
 )
 
 
-def embedded_model_path() -> Path:
-    """The committed tiny GIT folder (``cxr_core/assets/tiny-git``), resolved relative to this package."""
-    return Path(__file__).resolve().parent / "assets" / "tiny-git"
+@dataclass(frozen=True)
+class GitSize:
+    """One embedded GIT size: both towers share width, depth, heads and MLP width; plus its build recipe.
+
+    Attributes:
+        name: ``tiny`` or ``small`` (``jobs.build_tiny_git --size``).
+        folder: its committed folder under ``cxr_core/assets``.
+        width, layers, heads, mlp: hidden size, layers, attention heads and MLP width of each tower.
+        initializer_range: std of GIT's normal init, about 1/sqrt(width) (see :func:`tiny_git_config`).
+        lr: peak pretraining learning rate.
+        steps: pretraining steps of the committed build (the ``--steps`` default).
+        stored_dtype: dtype of the tensors in ``model.safetensors``; ``config.json`` always says float32, so
+            ``from_pretrained`` loads (and training runs) in fp32 either way. ``float16`` halves the folder.
+    """
+
+    name: str
+    folder: str
+    width: int
+    layers: int
+    heads: int
+    mlp: int
+    initializer_range: float
+    lr: float
+    steps: int
+    stored_dtype: str = "float32"
+
+
+# The small one halves the learning rate as the width doubles: at the tiny one's 1e-3 it ended at held-out token
+# accuracy 0.955 and exact match 0.375, at 5e-4 at 0.992 and 0.820 (docs/tiny_git.md).
+GIT_SIZES = {
+    "tiny": GitSize("tiny", "tiny-git", 128, 2, 4, 512, initializer_range=0.1, lr=1e-3, steps=2400),
+    "small": GitSize(
+        "small", "small-git", 256, 3, 8, 1024, 0.0625, lr=5e-4, steps=2400, stored_dtype="float16"
+    ),
+}
+
+
+def git_size(size: str) -> GitSize:
+    """The :class:`GitSize` called ``size``.
+
+    Raises:
+        ValueError: an unknown size.
+    """
+    if size not in GIT_SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {', '.join(GIT_SIZES)}")
+    return GIT_SIZES[size]
+
+
+def embedded_model_path(size: str = "tiny") -> Path:
+    """The committed folder of an embedded GIT (``cxr_core/assets/tiny-git`` for ``tiny``), resolved relative
+    to this package."""
+    return Path(__file__).resolve().parent / "assets" / git_size(size).folder
 
 
 # --------------------------------------------------------------------------------------------- tokenizer
@@ -152,33 +208,36 @@ def build_processor(tokenizer: BertTokenizerFast | None = None) -> GitProcessor:
     return GitProcessor(image_processor=image_processor, tokenizer=tokenizer or build_tokenizer())
 
 
-def tiny_git_config(tokenizer: BertTokenizerFast) -> GitConfig:
-    """The tiny GIT: 2 ViT layers + 2 decoder layers, width 128, 4 heads, MLP 4x; 64 px input, 8 px patches.
+def tiny_git_config(tokenizer: BertTokenizerFast, size: str = "tiny") -> GitConfig:
+    """An embedded GIT's config; ``tiny``: 2 ViT + 2 decoder layers, width 128, 4 heads, MLP 4x; 64 px input.
 
-    Sized so that full fine-tuning on 64 px images with ~45-token texts runs at >= 80 samples/s on one CPU
-    thread (docs/tiny_git.md). Two departures from GIT-base's defaults, both for a 128-wide model trained
-    briefly: ``initializer_range`` 0.1 (about 1/sqrt(width); at GIT-base's 0.02 the shape words stayed at
-    chance for 1,600 pretraining steps, at 0.1 they are learned within ~500), and no dropout (the pretraining
-    data is unlimited; a fine-tuning run can set ``hidden_dropout_prob`` itself).
+    ``small`` is 3 + 3 layers, width 256, 8 heads, MLP 1024 (:data:`GIT_SIZES`); input (64 px, 8 px patches),
+    vocabulary and text positions are the same for every size. The tiny one is sized so that full fine-tuning
+    on 64 px images with ~45-token texts runs at >= 80 samples/s on one CPU thread (docs/tiny_git.md). Two
+    departures from GIT-base's defaults, both for a narrow model trained briefly: ``initializer_range`` about
+    1/sqrt(width) (0.1 for the tiny one; at GIT-base's 0.02 the shape words stayed at chance for 1,600
+    pretraining steps, at 0.1 they are learned within ~500), and no dropout (the pretraining data is
+    unlimited; a fine-tuning run can set ``hidden_dropout_prob`` itself).
     """
+    shape = git_size(size)
     return GitConfig(
         vision_config={
-            "hidden_size": 128,
-            "intermediate_size": 512,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
+            "hidden_size": shape.width,
+            "intermediate_size": shape.mlp,
+            "num_hidden_layers": shape.layers,
+            "num_attention_heads": shape.heads,
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
-            "initializer_range": 0.1,
+            "initializer_range": shape.initializer_range,
         },
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        hidden_size=shape.width,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        initializer_range=0.1,
+        initializer_range=shape.initializer_range,
         max_position_embeddings=MAX_POSITIONS,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.cls_token_id,
@@ -356,10 +415,12 @@ def _words(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class PretrainArgs:
-    """Pretraining hyper-parameters; the defaults (with ``steps=2400, seed=0``) built the committed model."""
+    """Pretraining hyper-parameters; the defaults (with ``steps=2400, seed=0``) built the committed tiny model,
+    and with ``size="small", threads=1`` the small one (docs/tiny_git.md)."""
 
     steps: int
     seed: int
+    size: str = "tiny"
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -369,13 +430,14 @@ class PretrainArgs:
     threads: int = 2
 
 
-def new_tiny_git(tokenizer: BertTokenizerFast, *, seed: int) -> GitForCausalLM:
-    """A freshly initialised tiny GIT, as pretraining starts it: GIT's init + 2-D sin-cos ViT positions.
+def new_tiny_git(tokenizer: BertTokenizerFast, *, seed: int, size: str = "tiny") -> GitForCausalLM:
+    """A freshly initialised embedded GIT of ``size``, as pretraining starts it: GIT's init + 2-D sin-cos ViT
+    positions.
 
     Seeds torch's global RNG with ``seed`` (the init, and everything torch draws after it).
     """
     torch.manual_seed(seed)
-    model = GitForCausalLM(tiny_git_config(tokenizer))
+    model = GitForCausalLM(tiny_git_config(tokenizer, size))
     init_vision_positions(model)
     return model
 
@@ -408,16 +470,19 @@ def pretrain(
     *,
     steps: int,
     seed: int,
+    size: str = "tiny",
     batch_size: int = 16,
-    lr: float = 1e-3,
+    lr: float | None = None,
     eval_size: int = 256,
     threads: int = 2,
     command: str | None = None,
 ) -> dict:
-    """Build the tiny GIT, pretrain it on synthetic captions, evaluate it, and save the folder.
+    """Build an embedded GIT, pretrain it on synthetic captions, evaluate it, and save the folder.
 
     Deterministic from ``seed`` (initialisation and data) for a given number of threads. Training scenes
-    are fresh every step, drawn from one random stream; the held-out scenes come from another.
+    are fresh every step, drawn from one random stream; the held-out scenes come from another. A size stored
+    in float16 (``small``) is rounded to it before the final evaluation, so that the figures are those of
+    the committed weights; the fp32 figures are kept as ``held_out.pretrained_fp32``.
 
     Args:
         out_dir: folder to write (created; files of the same names are replaced): ``config.json``,
@@ -425,8 +490,9 @@ def pretrain(
             ``pretraining.json`` (the returned record).
         steps: optimizer steps (AdamW, linear warmup then cosine decay to 0).
         seed: the one seed everything derives from.
+        size: ``tiny`` or ``small`` (:data:`GIT_SIZES`).
         batch_size: scenes per step.
-        lr: peak learning rate.
+        lr: peak learning rate (default: the size's, :attr:`GitSize.lr`).
         eval_size: held-out scenes for the before/after evaluation.
         threads: torch intra-op threads while this runs (restored afterwards).
         command: the command line to record; defaults to the ``jobs.build_tiny_git`` one.
@@ -436,37 +502,46 @@ def pretrain(
         random initialisation and of the pretrained model, parameter count and folder size.
 
     Raises:
-        ValueError: ``steps``, ``batch_size`` or ``eval_size`` below 1.
+        ValueError: an unknown ``size``; ``steps``, ``batch_size`` or ``eval_size`` below 1.
     """
+    shape = git_size(size)
     for name, value in (("steps", steps), ("batch_size", batch_size), ("eval_size", eval_size)):
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
-    args = PretrainArgs(steps, seed, batch_size=batch_size, lr=lr, eval_size=eval_size, threads=threads)
+    lr = shape.lr if lr is None else lr
+    args = PretrainArgs(steps, seed, size, batch_size=batch_size, lr=lr, eval_size=eval_size, threads=threads)
     out_dir = Path(out_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
         processor = build_processor()
-        model = new_tiny_git(processor.tokenizer, seed=seed)
+        model = new_tiny_git(processor.tokenizer, seed=seed, size=size)
         held_out = _held_out_batches(processor, args)
         before = caption_metrics(model, processor, held_out)
         train_start = time.perf_counter()
         losses = _train(model, processor, args)
         train_time = time.perf_counter() - train_start
         after = caption_metrics(model, processor, held_out)
+        after_fp32 = None
+        if shape.stored_dtype != "float32":
+            after_fp32 = after
+            round_to_stored_dtype(model, shape.stored_dtype)
+            after = caption_metrics(model, processor, held_out)
         wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous_threads)
-    model.save_pretrained(out_dir)
+    save_model(model, out_dir, shape.stored_dtype)
     processor.save_pretrained(out_dir)  # processor_config.json, tokenizer.json, tokenizer_config.json
     # The classic per-component files too, for loaders that look for them (transformers 4.x, slow BERT).
     processor.image_processor.save_pretrained(out_dir)  # preprocessor_config.json
     vocab = sorted(processor.tokenizer.get_vocab().items(), key=lambda item: item[1])
     (out_dir / "vocab.txt").write_text("".join(token + "\n" for token, _ in vocab))
     record = {
-        "command": command or f"python -m jobs.build_tiny_git --out {out_dir} --steps {steps} --seed {seed}",
+        "command": command
+        or f"python -m jobs.build_tiny_git --size {size} --out {out_dir} --steps {steps} --seed {seed}",
         **asdict(args),
+        "stored_dtype": shape.stored_dtype,
         "optimizer": "AdamW(betas=(0.9, 0.98)), no decay on biases/norms/embeddings, grad-norm clip 1.0",
         "schedule": f"linear warmup over {args.warmup_fraction:.0%} of the steps, then cosine to 0",
         "torch": torch.__version__,
@@ -475,12 +550,47 @@ def pretrain(
         "parameters": sum(p.numel() for p in model.parameters()),
         "folder_bytes": sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file()),  # before this file
         "train_loss_curve": _curve_summary(losses),
-        "held_out": {"random_init": _rounded(before), "pretrained": _rounded(after)},
+        "held_out": {
+            "random_init": _rounded(before),
+            "pretrained": _rounded(after),
+            **({"pretrained_fp32": _rounded(after_fp32)} if after_fp32 is not None else {}),
+        },
         "task": "synthetic shapes captioning (1-3 shapes, 3x3 positions), e.g. "
         + scene_caption(sample_scene(np.random.default_rng(7))),
     }
     (out_dir / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def round_to_stored_dtype(model: GitForCausalLM, dtype: str) -> None:
+    """Round every parameter (in place, staying fp32) to what ``dtype`` can hold, as saving will.
+
+    Raises:
+        ValueError: a value outside the dtype's range (it would be saved as inf).
+    """
+    target = getattr(torch, dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            rounded = p.to(target)
+            if not torch.isfinite(rounded).all():
+                raise ValueError(f"{name} holds values outside the range of {dtype}; store it in float32")
+            p.copy_(rounded.float())
+
+
+def save_model(model: GitForCausalLM, out_dir: Path, stored_dtype: str = "float32") -> None:
+    """``save_pretrained`` in fp32, then (``float16``, ``bfloat16``) the weights file rewritten in that dtype.
+
+    ``config.json`` keeps ``"dtype": "float32"``: transformers 5 loads with ``dtype="auto"``, i.e. in the
+    config's dtype, so the model loads, trains and is checkpointed in fp32 like the tiny one; only the
+    file on disk is half the size.
+    """
+    model.save_pretrained(out_dir)
+    if stored_dtype == "float32":
+        return
+    target = getattr(torch, stored_dtype)
+    weights = out_dir / "model.safetensors"
+    tensors = {k: v.to(target) for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
 
 
 def _held_out_batches(processor: GitProcessor, args: PretrainArgs) -> list[tuple[dict, list[str]]]:

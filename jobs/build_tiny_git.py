@@ -1,8 +1,9 @@
-"""Build the embedded tiny GIT backbone: tokenizer, processor, config, synthetic-caption pretraining, save.
+"""Build an embedded GIT backbone: tokenizer, processor, config, synthetic-caption pretraining, save.
 
-The committed folder was made with (3.5-4 minutes on 2 CPU threads; docs/tiny_git.md has the figures)::
+The committed folders were made with (docs/tiny_git.md has the figures)::
 
-    python -m jobs.build_tiny_git --out cxr_core/assets/tiny-git --steps 2400 --seed 0
+    python -m jobs.build_tiny_git --out cxr_core/assets/tiny-git --steps 2400 --seed 0   # 3.5-4 min
+    python -m jobs.build_tiny_git --size small --out cxr_core/assets/small-git --seed 0 --threads 1
 
 A quick CPU smoke run::
 
@@ -29,25 +30,50 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.build_tiny_git", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder to write (e.g. cxr_core/assets/tiny-git)")
-    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps of 16 scenes (default 2400)")
+    parser.add_argument(
+        "--size",
+        choices=("tiny", "small"),
+        default="tiny",
+        help="tiny: 0.94M parameters, the `embedded` model (default); small: 5.06M, `embedded-small`",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps of 16 scenes (default: the size's, 2400)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and the data (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--eval-size", type=int, default=256, help="held-out scenes captioned before and after (default 256)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log the training loss every 100 steps")
     args = parser.parse_args(argv)
-    for flag, value in (("--steps", args.steps), ("--threads", args.threads)):
-        if value < 1:
+    for flag, value in (("--steps", args.steps), ("--threads", args.threads), ("--eval-size", args.eval_size)):
+        if value is not None and value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s"
     )
 
-    from cxr_core.tiny_git import pretrain
+    from cxr_core.tiny_git import git_size, pretrain
+
+    if args.steps is None:
+        args.steps = git_size(args.size).steps
 
     raw = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "jobs.build_tiny_git", *raw])
-    record = pretrain(args.out, steps=args.steps, seed=args.seed, threads=args.threads, command=command)
+    record = pretrain(
+        args.out,
+        steps=args.steps,
+        seed=args.seed,
+        size=args.size,
+        eval_size=args.eval_size,
+        threads=args.threads,
+        command=command,
+    )
     before, after = record["held_out"]["random_init"], record["held_out"]["pretrained"]
-    print(f"wrote {args.out}: {record['parameters']:,} parameters, {record['folder_bytes'] / 1e6:.1f} MB")
+    print(
+        f"wrote {args.out}: {args.size}, {record['parameters']:,} parameters, "
+        f"{record['folder_bytes'] / 1e6:.1f} MB ({record['stored_dtype']} weights)"
+    )
     print(f"pretraining: {record['steps']} steps x {record['batch_size']}, {record['wall_time_s']:.0f} s")
     print(
         f"held-out captions ({after['n_images']} images): "

@@ -87,3 +87,36 @@ def test_feature_cache_bench_small():
     )
     # The same weights give the same reports through the previous loop, the loop now, and the cached features.
     assert ev["same_generations"] is True
+
+
+def test_method_cost_bench_across_two_models_skips_what_does_not_fit():
+    small = "embedded-small"
+    result = last_json(
+        "bench.method_cost", "--models", "embedded", small, "--only", "fft", "lora_r8_all_linear",
+        "--rounds", "2", "--steps", "1", "--min-seconds", "0", "--max-memory-gb", "0.05",
+    )  # fmt: skip
+    rows = {(r["model"], r["config"]): r for r in result["rows"]}
+    assert list(rows) == [("embedded", "fft"), ("embedded", "lora_r8_all_linear"), (small, "fft"),
+                          (small, "lora_r8_all_linear")]  # fmt: skip
+    # The dry-run plan's counts and memory: fp32 weights + gradients + two AdamW moments = 16 bytes a
+    # trainable parameter, 4 a frozen one. LoRA r=8 on the small GIT's 37 Linear layers: 225,280.
+    tiny_fft, tiny_lora = rows[("embedded", "fft")], rows[("embedded", "lora_r8_all_linear")]
+    assert (tiny_fft["trainable_params"], tiny_lora["trainable_params"]) == (935_526, 75_776)
+    assert tiny_fft["plan_mem_mb"] == round(935_526 * 16 / 2**20, 1)
+    assert tiny_lora["plan_mem_mb"] == round(((935_526 + 75_776) * 4 + 75_776 * 12) / 2**20, 1)
+    # 77 MB of plan does not fit under a 0.05 GB cap: a row that says so, no measurement, no crash.
+    skipped = rows[(small, "fft")]
+    assert skipped["trainable_params"] == 5_055_974 and "does not fit in 0.05 GB" in skipped["status"]
+    assert "peak_mem_mb" not in skipped and "step_cpu_s" not in skipped
+    ran = [tiny_fft, tiny_lora, rows[(small, "lora_r8_all_linear")]]
+    assert rows[(small, "lora_r8_all_linear")]["trainable_params"] == 225_280
+    for r in ran:
+        assert r["status"] == "ok" and r["peak_mem_mb"] > 0
+        for kind in ("cpu", "wall"):
+            rounds = r[f"step_{kind}_s_rounds"]  # the median of two rounds is their mean
+            assert len(rounds) == 2 and r[f"step_{kind}_s"] == pytest.approx(sum(rounds) / 2, abs=1e-4)
+    assert tiny_fft["step_time_vs_fft"] == 1.0 and tiny_fft["step_time_vs_reference_fft"] == 1.0
+    cpu_ratio = tiny_lora["step_cpu_s"] / tiny_fft["step_cpu_s"]
+    assert tiny_lora["step_time_vs_fft"] == pytest.approx(cpu_ratio, abs=2e-3)
+    peak_ratio = tiny_lora["peak_mem_mb"] / tiny_fft["peak_mem_mb"]
+    assert tiny_lora["peak_mem_vs_fft"] == pytest.approx(peak_ratio, abs=2e-3)
