@@ -449,8 +449,8 @@ def repair_experiment_state(folder: str) -> str | None:
     (``artifacts/STAMP/NAME/driver_artifacts/``), then copies them over the storage's copies in place. A storage
     that fills up, or a driver killed mid-copy, leaves those cut short: ``Tuner.restore`` then fails on the
     state, or restores a trial with its first epochs missing. The driver's copies of the newest state's time stamp
-    are whole; every storage file shorter than its copy (or missing), or as long but older and different, is
-    written again from it. (After a driver
+    are whole; every storage file shorter than its copy (or missing), or older and different, is written
+    again from it. (After a driver
     killed with SIGKILL this also uploads what it had not uploaded yet: results that are no less true.)
 
     Returns:
@@ -515,12 +515,12 @@ def repair_experiment_state(folder: str) -> str | None:
 
 
 def _stale(fs, info, source: Path) -> bool:
-    """Whether the storage's file (``info``) is behind the driver's copy ``source``: shorter, or as long but
-    older and different (a state that names ``checkpoint_000000`` where the copy names ``checkpoint_000001`` has
-    the same length). A storage file newer than the copy (a later driver's) is never replaced."""
-    size = source.stat().st_size
-    if info.size != size:
-        return info.size < size
+    """Whether the storage's file (``info``) is behind the driver's copy ``source``: shorter (cut short), or
+    older and different (not uploaded since the copy changed: a state that names ``checkpoint_000000`` where the
+    copy names ``checkpoint_000001``, of the same length or not). A storage file as long or longer and newer
+    than the copy (a later driver's) is never replaced."""
+    if info.size < source.stat().st_size:
+        return True
     if info.mtime is None or info.mtime.timestamp() >= source.stat().st_mtime:
         return False
     with fs.open_input_stream(info.path) as f:

@@ -485,6 +485,9 @@ def test_tune_files_cut_short_are_repaired_from_the_drivers_copy(tmp_path, monke
     old = exp / f"basic-variant-state-{stamp}.json"
     old.write_bytes(b"\x80\x05stale")
     os.utime(old, (time.time() - 60, time.time() - 60))
+    (stage / "trial_1" / "params.json").write_bytes(b'{"lr": 0.005}')  # ... as is an older, longer one
+    (exp / "trial_1" / "params.json").write_bytes(b'{"lr": 0.00500}')
+    os.utime(exp / "trial_1" / "params.json", (time.time() - 60, time.time() - 60))
     # ... is behind; one as long but newer than the driver's copy (a later driver's) is not.
     newer = {"trial_1/progress.csv": (b"epoch\n1\n", b"epoch\n2\n")}
     for rel, (copy, kept) in newer.items():
@@ -493,8 +496,9 @@ def test_tune_files_cut_short_are_repaired_from_the_drivers_copy(tmp_path, monke
         os.utime(stage / rel, (time.time() - 60, time.time() - 60))
     note = repair_experiment_state(str(exp))
     assert note == (
-        f"repaired 3 file(s) of {exp} cut short or not yet uploaded (basic-variant-state-{stamp}.json, "
-        f"experiment_state-{stamp}.json, trial_1/result.json) from the driver's copies in {stage}"
+        f"repaired 4 file(s) of {exp} cut short or not yet uploaded (basic-variant-state-{stamp}.json, "
+        f"experiment_state-{stamp}.json, trial_1/params.json, trial_1/result.json) from the driver's copies in "
+        f"{stage}"
     )
     assert (exp / "trial_1" / "progress.csv").read_bytes() == b"epoch\n2\n"
     (stage / "trial_1" / "progress.csv").unlink()
