@@ -17,5 +17,7 @@ pins=()
 if [ -n "$LOCK" ]; then pins=(-c "$LOCK"); fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q "${pins[@]}" "$TORCH_SPEC" 2> >(grep -v "is ignored" >&2)
-.venv/bin/python -m pip install -q "${pins[@]}" -e ".[test]" 2> >(grep -v "is ignored" >&2)
+# PYTHONWARNINGS reaches setuptools' build of the editable wheel: its advice about same-named folders in the
+# working directory (the checkout is that folder, by design) is a 9-line block on every fresh set-up.
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q "${pins[@]}" -e ".[test]" 2> >(grep -v "is ignored" >&2)
 touch "$stamp"
