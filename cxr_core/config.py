@@ -17,6 +17,7 @@ from cxr_core import methods
 from cxr_core.errors import CxrError
 
 SCHEDULES = ("cosine", "constant")
+SAMPLINGS = ("uniform", "repeat_factor")  # cxr_core.dataset.sample_weights
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
 
@@ -51,7 +52,14 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation. ``lr`` is the peak learning rate after a linear warmup of ``warmup_ratio`` of the steps."""
+    """Optimisation. ``lr`` is the peak learning rate after a linear warmup of ``warmup_ratio`` of the steps.
+
+    ``sampling``: how an epoch draws its training images: ``uniform`` (each image once, shuffled) or
+    ``repeat_factor`` (as many draws as images, with replacement, an image weighted by the repeat factor of its
+    rarest positive label, ``max(1, sqrt(repeat_threshold / f))`` for a label positive in a fraction ``f`` of the
+    training images: Gupta et al. 2019's repeat-factor sampling at a fixed epoch length, so every method gets
+    the same number of steps; :func:`cxr_core.dataset.sample_weights`).
+    """
 
     epochs: int = 3
     batch_size: int = 16
@@ -64,6 +72,8 @@ class TrainConfig:
     seed: int = 0
     num_threads: int = 0
     precision: str = "auto"
+    sampling: str = "uniform"
+    repeat_threshold: float = 0.1
 
 
 @dataclass
@@ -131,6 +141,8 @@ class TrialBase:
         need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
         need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
         need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
+        need(t.sampling in SAMPLINGS, "train.sampling", t.sampling, f"must be one of {', '.join(SAMPLINGS)}")
+        need(0 < t.repeat_threshold <= 1, "train.repeat_threshold", t.repeat_threshold, "must be in (0, 1]")
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
         need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")

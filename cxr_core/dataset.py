@@ -265,6 +265,17 @@ def text_batch(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def sample_weights(labels: np.ndarray, threshold: float) -> np.ndarray:
+    """Repeat-factor sampling weights (Gupta et al. 2019, LVIS) of the images whose label rows are ``labels``
+    ((N, 14): 1, 0, -1, NaN): a label positive in a fraction ``f`` of the images has the repeat factor
+    ``max(1, sqrt(threshold / f))``; an image takes the largest factor among its positive labels (1 with none).
+    A label positive in fewer than ``threshold`` of the images is drawn more often, the rarer the more."""
+    positive = np.asarray(labels) == 1.0
+    f = positive.mean(axis=0)
+    factor = np.where(f > 0, np.sqrt(threshold / np.maximum(f, 1e-12)), 1.0).clip(min=1.0)
+    return np.where(positive, factor, 1.0).max(axis=1, initial=1.0)
+
+
 def batches(
     data: SplitData,
     *,
@@ -272,14 +283,24 @@ def batches(
     pad_id: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    weights: np.ndarray | None = None,
 ):
     """Yield training/eval batches (a shuffled order when ``generator`` is given).
+
+    ``weights`` (with a ``generator``): draw the epoch's ``len(data)`` images with replacement in proportion to
+    them (:func:`sample_weights`) instead of each image once.
 
     With the image cache and a ``device``, the uint8 pixels travel to the device (a quarter of the bytes of
     float, a twelfth for grayscale) and are normalised there; otherwise on the CPU.
     """
     n = len(data)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if generator is None:
+        order = torch.arange(n)
+    elif weights is not None:
+        order = torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), n, replacement=True,
+                                  generator=generator)  # fmt: skip
+    else:
+        order = torch.randperm(n, generator=generator)
     pixels = data.pixel_values
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]

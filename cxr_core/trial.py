@@ -27,7 +27,7 @@ import torch
 from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import TrialConfig, to_dict, trial_config
-from cxr_core.dataset import SplitData, batches, load_split
+from cxr_core.dataset import SplitData, batches, load_split, sample_weights
 from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
 from cxr_core.model import load_model, load_processor, parameter_counts
@@ -164,7 +164,9 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     loss_sum, tokens, samples, step_in_accum = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device):
+    weights = sample_weights(s.train.labels, cfg.repeat_threshold) if cfg.sampling == "repeat_factor" else None
+    for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device,
+                         weights=weights):  # fmt: skip
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg.precision, s.device)):
             loss = s.model(**batch).loss

@@ -120,3 +120,18 @@ def test_method_cost_bench_across_two_models_skips_what_does_not_fit():
     assert tiny_lora["step_time_vs_fft"] == pytest.approx(cpu_ratio, abs=2e-3)
     peak_ratio = tiny_lora["peak_mem_mb"] / tiny_fft["peak_mem_mb"]
     assert tiny_lora["peak_mem_vs_fft"] == pytest.approx(peak_ratio, abs=2e-3)
+
+
+def test_rare_labels_bench_trains_and_scores_every_label_on_test(small_data):
+    from cxr_core.labels import LABELS
+
+    root, splits = small_data
+    result = last_json("bench.rare_labels", "--splits", str(splits), "--images", str(root),
+                       "--settings", "uniform:0.1:1", "repeat_factor:1.0:1")  # fmt: skip
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert list(rows) == ["uniform:0.1:1", "repeat_factor:1.0:1"]
+    for r in rows.values():
+        assert set(r["per_label_f1"]) == set(LABELS)
+        assert 0 <= r["test_f1_macro"] <= 1 and 0 <= r["test_f1_micro"] <= 1 and r["train_seconds"] > 0
+        # The macro F1 is the mean of the 14 per-label F1s (rounded to 3 places each).
+        assert r["test_f1_macro"] == pytest.approx(sum(r["per_label_f1"].values()) / 14, abs=2e-3)
