@@ -14,9 +14,20 @@ import typing
 from dataclasses import dataclass, field
 
 from cxr_core import methods
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, choices
 
-SCHEDULES = ("cosine", "constant")
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+# ``train.schedule``: name -> the learning-rate factor after the warmup, as a function of the progress through the
+# remaining steps (0 to 1). Validation and the trial's LR schedule (cxr_core.trial.lr_lambda) both use this table.
+SCHEDULES = {"cosine": _cosine, "constant": _constant}
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
 
@@ -130,7 +141,7 @@ class TrialBase:
         need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "must be a positive number")
         need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
         need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
+        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {choices(SCHEDULES)}")
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
         need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")

@@ -139,6 +139,42 @@ SWEEP_ROWS = [
         ["`resources.gpu` must be a share in [0, 1] or a whole number, got 1.5"],
     ),
     (
+        "schedule_unknown",
+        ("epochs: 2", "epochs: 2, schedule: linear"),
+        [],
+        ["arm fft: `train.schedule` must be one of cosine, constant, got 'linear'"],
+    ),
+    (
+        "freeze_unknown",
+        ("train: {lr: 1.0e-3}", "train: {lr: 1.0e-3}\n    fft: {freeze: both}"),
+        [],
+        ["arm fft: `fft.freeze` must be one of none, vision, text, got 'both'"],
+    ),
+    (
+        "scheduler_type_unknown",
+        ("max_concurrent_trials: 0", "max_concurrent_trials: 0\nscheduler: {type: hyperband}"),
+        [],
+        ["`scheduler.type` = 'hyperband': unknown scheduler; use one of fifo, asha, median"],
+    ),
+    (
+        "scheduler_key_not_taken",
+        ("max_concurrent_trials: 0", "max_concurrent_trials: 0\nscheduler: {type: median, max_t: 5}"),
+        [],
+        [
+            "`scheduler.max_t` = 5: the median scheduler does not take this key",
+            "valid keys for median: type, grace_",
+        ],
+    ),
+    (
+        "asha_grace_period_above_max_t",
+        (
+            "max_concurrent_trials: 0",
+            "max_concurrent_trials: 0\nscheduler: {type: asha, grace_period: 4, max_t: 2}",
+        ),
+        [],
+        ["`scheduler.grace_period` = 4: must be at most max_t (2)"],
+    ),
+    (
         "unknown_target_module",
         ("target_modules: all_linear", "target_modules: [query, qproj]"),
         [],
