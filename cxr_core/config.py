@@ -129,12 +129,8 @@ class TrialBase:
             if not ok:
                 bad.append((key, value, fix))
 
-        need(
-            self.method in methods.names(),
-            "method",
-            self.method,
-            f"must be one of {', '.join(methods.names())}",
-        )
+        method = methods.find(self.method)  # None for a name the registry lacks
+        need(method is not None, "method", self.method, f"must be one of {choices(methods.names())}")
         t = self.train
         need(t.epochs >= 1, "train.epochs", t.epochs, "must be a positive integer")
         need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be a positive integer")
@@ -148,8 +144,8 @@ class TrialBase:
         need(
             t.precision in PRECISIONS, "train.precision", t.precision, f"must be one of {', '.join(PRECISIONS)}"
         )
-        if self.method in methods.names():
-            bad.extend(self.adaptation.checks(self.method_settings))
+        if method is not None:
+            bad.extend(method.checks(getattr(self, method.section)))
         need(
             self.evaluation.max_new_tokens >= 1,
             "evaluation.max_new_tokens",

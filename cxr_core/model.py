@@ -109,7 +109,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
         ) from None
 
 
-def model_skeleton(name: str) -> nn.Module | None:
+def model_skeleton(name: str) -> nn.Module:
     """The model's module tree without real weights (on the meta device): for checking module names fast.
 
     Raises:

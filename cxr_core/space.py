@@ -199,12 +199,8 @@ def _is_dist(node) -> bool:
 
 
 def _parse_dists(node, path: str, key: str):
-    """Replace distribution mappings by :class:`Dist`; reject anything that looks like code."""
+    """Replace distribution mappings by :class:`Dist` (code keys were refused by :func:`_refuse_code` already)."""
     if isinstance(node, dict):
-        for k in node:
-            if str(k) in CODE_KEYS or str(k).startswith("!!"):
-                raise _fail(path, f"{key}.{k}" if key else str(k), node[k], "code is never evaluated from a "
-                            "search space; use grid_search, choice, uniform, quniform, loguniform, randint or lograndint")  # fmt: skip
         if _is_dist(node):
             kind, args = next(iter(node.items()))
             return _dist(kind, args, path, key)
