@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from cxr_core.errors import CxrError
+from cxr_core.testing import two_arm_space
 from tests.conftest import REPO
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -72,28 +73,9 @@ def png_header(width: int, height: int) -> bytes:
     )
 
 
-SPACE = """
-name: t
-max_concurrent_trials: {concurrent}
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: 32, max_val: 16}}
-  train: {{epochs: {epochs}, batch_size: 16, num_threads: 1}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    train: {{lr: 1.0e-3}}
-  - name: lora
-    method: lora
-    lora: {{r: 4, target_modules: all_linear}}
-    train: {{lr: 5.0e-3}}
-"""
-
-
 def space_text(splits, root, *, epochs: int = 2, concurrent: int = 0) -> str:
-    return SPACE.format(splits=splits, root=root, epochs=epochs, concurrent=concurrent)
+    """The tests' two-arm space (:func:`cxr_core.testing.two_arm_space`); the rows below edit its text."""
+    return two_arm_space(splits, root, epochs=epochs, max_concurrent_trials=concurrent)
 
 
 # ----------------------------------------------------------------------------------- search space rows
