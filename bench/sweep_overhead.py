@@ -18,23 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-SPACE = """
-name: overhead
-metric: val_loss
-mode: min
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: {max_train}, max_val: 32}}
-  train: {{epochs: {epochs}, batch_size: 16, num_threads: 1}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    num_samples: {trials}
-    train: {{lr: 1.0e-3}}
-"""
-
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,14 +29,16 @@ def main(argv=None) -> dict:
     from cxr_core.prepare import prepare_splits
     from cxr_core.space import load_study
     from cxr_core.synthetic import make_synthetic
+    from cxr_core.testing import two_arm_space
     from cxr_core.tune_runner import init_ray, results_frame, run_study
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     make_synthetic(tmp / "mimic", n_patients=200, seed=0, image_size=128)
     prepare_splits(tmp / "mimic", tmp / "splits", per_label=40, seed=0)
     space = tmp / "space.yaml"
-    space.write_text(SPACE.format(splits=tmp / "splits", root=tmp / "mimic", max_train=args.max_train,
-                                  epochs=args.epochs, trials=args.trials))  # fmt: skip
+    space.write_text(two_arm_space(tmp / "splits", tmp / "mimic", name="overhead", metric="val_loss", mode="min",
+                                   epochs=args.epochs, max_train=args.max_train, max_val=32, arms=("fft",),
+                                   num_samples=args.trials))  # fmt: skip
     study = load_study(space)
     init_ray(num_cpus=args.slots)
     start = time.perf_counter()

@@ -14,10 +14,23 @@ import typing
 from dataclasses import dataclass, field
 
 from cxr_core import methods
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, choices
 
-SCHEDULES = ("cosine", "constant")
-SAMPLINGS = ("uniform", "repeat_factor")  # cxr_core.dataset.sample_weights
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+# ``train.schedule``: name -> the learning-rate factor after the warmup, as a function of the progress through the
+# remaining steps (0 to 1). Validation and the trial's LR schedule (cxr_core.trial.lr_lambda) both use this table.
+SCHEDULES = {"cosine": _cosine, "constant": _constant}
+# ``train.sampling``: name -> whether an epoch draws its images by repeat factor (cxr_core.dataset.sample_weights)
+# instead of each image once. Validation and the trial's epoch (cxr_core.trial.train_epoch) both use this table.
+SAMPLINGS = {"uniform": False, "repeat_factor": True}
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
 
@@ -128,20 +141,16 @@ class TrialBase:
             if not ok:
                 bad.append((key, value, fix))
 
-        need(
-            self.method in methods.names(),
-            "method",
-            self.method,
-            f"must be one of {', '.join(methods.names())}",
-        )
+        method = methods.find(self.method)  # None for a name the registry lacks
+        need(method is not None, "method", self.method, f"must be one of {choices(methods.names())}")
         t = self.train
         need(t.epochs >= 1, "train.epochs", t.epochs, "must be a positive integer")
         need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be a positive integer")
         need(t.lr > 0 and math.isfinite(t.lr), "train.lr", t.lr, "must be a positive number")
         need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
         need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
-        need(t.sampling in SAMPLINGS, "train.sampling", t.sampling, f"must be one of {', '.join(SAMPLINGS)}")
+        need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {choices(SCHEDULES)}")
+        need(t.sampling in SAMPLINGS, "train.sampling", t.sampling, f"must be one of {choices(SAMPLINGS)}")
         need(0 < t.repeat_threshold <= 1, "train.repeat_threshold", t.repeat_threshold, "must be in (0, 1]")
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
@@ -149,8 +158,8 @@ class TrialBase:
         need(
             t.precision in PRECISIONS, "train.precision", t.precision, f"must be one of {', '.join(PRECISIONS)}"
         )
-        if self.method in methods.names():
-            bad.extend(self.adaptation.checks(self.method_settings))
+        if method is not None:
+            bad.extend(method.checks(getattr(self, method.section)))
         need(
             self.evaluation.max_new_tokens >= 1,
             "evaluation.max_new_tokens",

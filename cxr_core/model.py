@@ -2,7 +2,7 @@
 and the target presets that name them. How a method adapts the model is its own module's business
 (:mod:`cxr_core.methods`).
 
-Module names (see DOMAIN.md): the vision tower's Linear layers end in ``q_proj, k_proj, v_proj, out_proj,
+Module names (docs/domain.md): the vision tower's Linear layers end in ``q_proj, k_proj, v_proj, out_proj,
 fc1, fc2`` (under ``git.image_encoder``), the text decoder's in ``query, key, value, dense`` (under
 ``git.encoder``), the projection is ``git.visual_projection...0`` and the LM head is ``output``.
 """
@@ -109,7 +109,7 @@ def load_model(name: str, *, dtype: torch.dtype | None = None) -> nn.Module:
         ) from None
 
 
-def model_skeleton(name: str) -> nn.Module | None:
+def model_skeleton(name: str) -> nn.Module:
     """The model's module tree without real weights (on the meta device): for checking module names fast.
 
     Raises:

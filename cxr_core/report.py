@@ -1,6 +1,6 @@
 """The templated mini report: label vector -> text (byte for byte the seed's) and text -> label vector.
 
-The template (see DOMAIN.md) writes one sentence per mentioned label, in label order:
+The template (docs/domain.md) writes one sentence per mentioned label, in label order:
 
     1.0  -> "Evidence of N is present."     (No_Finding: "The chest X-ray appears normal with no acute findings.")
     0.0  -> "No evidence of N."             (No_Finding: "Abnormal findings are present.")

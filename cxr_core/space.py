@@ -27,31 +27,105 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from cxr_core.config import TrialConfig, trial_config
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, choices, lookup
 
+
+@dataclass(frozen=True)
+class Distribution:
+    """One kind of distribution: how many numbers it takes (None: a non-empty list of any values), and how Tune's
+    variant generator (``tune(ray.tune, args)``) and Optuna (``optuna(trial, name, args)``) draw from it."""
+
+    count: int | None
+    tune: Callable
+    optuna: Callable
+
+
+# The distributions a search space may use: parsing (:func:`_dist`), Tune's param space and Optuna's define-by-run
+# space (cxr_core.tune_runner) all use this table, so a kind it lacks is never read as another.
 DISTRIBUTIONS = {
-    "grid_search": None,
-    "choice": None,
-    "uniform": 2,
-    "quniform": 3,
-    "loguniform": 2,
-    "randint": 2,
-    "lograndint": 2,
-}
+    "grid_search": Distribution(None, lambda tune, a: tune.grid_search(list(a)),
+                                lambda trial, name, a: trial.suggest_categorical(name, list(a))),
+    "choice": Distribution(None, lambda tune, a: tune.choice(list(a)),
+                           lambda trial, name, a: trial.suggest_categorical(name, list(a))),
+    "uniform": Distribution(2, lambda tune, a: tune.uniform(a[0], a[1]),
+                            lambda trial, name, a: trial.suggest_float(name, a[0], a[1])),
+    "quniform": Distribution(3, lambda tune, a: tune.quniform(a[0], a[1], a[2]),
+                             lambda trial, name, a: trial.suggest_float(name, a[0], a[1], step=a[2])),
+    "loguniform": Distribution(2, lambda tune, a: tune.loguniform(a[0], a[1]),
+                               lambda trial, name, a: trial.suggest_float(name, a[0], a[1], log=True)),
+    "randint": Distribution(2, lambda tune, a: tune.randint(a[0], a[1]),
+                            lambda trial, name, a: trial.suggest_int(name, a[0], a[1] - 1)),
+    "lograndint": Distribution(2, lambda tune, a: tune.lograndint(a[0], a[1]),
+                               lambda trial, name, a: trial.suggest_int(name, a[0], a[1] - 1, log=True)),
+}  # fmt: skip
 CODE_KEYS = ("eval", "sample_from", "function", "lambda", "!!python")
-SCHEDULERS = ("fifo", "asha", "median")
 TOP_KEYS = {
     "name", "description", "metric", "mode", "scheduler", "max_concurrent_trials", "defaults", "arms",
     "max_failures", "stop", "search",
 }  # fmt: skip
 ARM_KEYS = {"name", "num_samples"}
-SCHEDULER_KEYS = {"type", "grace_period", "reduction_factor", "max_t"}
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """One ``scheduler.type``: the keys it takes with their defaults, each key's kind (``int``: a whole number
+    >= 1; ``float``: a finite number >= 1), a check across keys (returns (key, fix) or None) and the builder of
+    Tune's scheduler from the completed settings (Ray is imported only there)."""
+
+    keys: dict
+    kinds: dict
+    build: Callable
+    check: Callable = lambda settings: None
+
+
+def _fifo(settings: dict):
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def _asha(settings: dict):
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=settings["max_t"],
+        grace_period=settings["grace_period"],
+        reduction_factor=settings["reduction_factor"],
+    )
+
+
+def _asha_check(settings: dict):
+    if settings["reduction_factor"] <= 1:
+        return "reduction_factor", "must be above 1 (each rung keeps 1/reduction_factor of the trials)"
+    if settings["grace_period"] > settings["max_t"]:
+        return "grace_period", f"must be at most max_t ({settings['max_t']}): no trial runs longer than max_t"
+    return None
+
+
+def _median(settings: dict):
+    from ray.tune.schedulers import MedianStoppingRule
+
+    return MedianStoppingRule(time_attr="training_iteration", grace_period=float(settings["grace_period"]))
+
+
+# The schedulers a search space may use (``scheduler: {type: asha, ...}``): validation (:func:`_scheduler`, at load
+# time, before Ray starts) and the Tune run (:func:`build_scheduler`) both use this table, so a type it lacks, or a
+# key the chosen type does not take, is refused and never ignored or run as another.
+SCHEDULERS = {
+    "fifo": Scheduler(keys={}, kinds={}, build=_fifo),
+    "asha": Scheduler(keys={"grace_period": 1, "reduction_factor": 4.0, "max_t": 100},
+                      kinds={"grace_period": int, "reduction_factor": float, "max_t": int}, build=_asha,
+                      check=_asha_check),
+    "median": Scheduler(keys={"grace_period": 1.0}, kinds={"grace_period": float}, build=_median),
+}  # fmt: skip
 MAX_NODES = 100_000  # values in one file, aliases expanded: a real space has hundreds
 
 
@@ -125,12 +199,8 @@ def _is_dist(node) -> bool:
 
 
 def _parse_dists(node, path: str, key: str):
-    """Replace distribution mappings by :class:`Dist`; reject anything that looks like code."""
+    """Replace distribution mappings by :class:`Dist` (code keys were refused by :func:`_refuse_code` already)."""
     if isinstance(node, dict):
-        for k in node:
-            if str(k) in CODE_KEYS or str(k).startswith("!!"):
-                raise _fail(path, f"{key}.{k}" if key else str(k), node[k], "code is never evaluated from a "
-                            "search space; use grid_search, choice, uniform, quniform, loguniform, randint or lograndint")  # fmt: skip
         if _is_dist(node):
             kind, args = next(iter(node.items()))
             return _dist(kind, args, path, key)
@@ -143,7 +213,7 @@ def _dist(kind: str, args, path: str, key: str) -> Dist:
         raise _fail(path, f"{key}.{kind}", args, "give a list of values")
     if not args:
         raise _fail(path, f"{key}.{kind}", args, "the list is empty; give at least one value")
-    want = DISTRIBUTIONS[kind]
+    want = DISTRIBUTIONS[kind].count
     if want is not None:
         if len(args) != want or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
             form = "[low, high, q]" if want == 3 else "[low, high]"
@@ -388,25 +458,39 @@ def _search(node, path: str) -> dict:
 
 
 def _scheduler(node, path: str) -> dict:
+    """``scheduler: {type: ..., KEY: VALUE}`` checked against :data:`SCHEDULERS`; returns every key of the type,
+    the defaults filled in (what :func:`build_scheduler` builds from)."""
     if not isinstance(node, dict):
         raise _fail(path, "scheduler", node, "give a mapping such as {type: asha, grace_period: 1}")
-    unknown = sorted(set(node) - SCHEDULER_KEYS, key=str)
+    kind = node.get("type", "fifo")
+    if not isinstance(kind, str) or kind not in SCHEDULERS:
+        raise _fail(path, "scheduler.type", kind, f"unknown scheduler; use one of {choices(SCHEDULERS)}")
+    spec = SCHEDULERS[kind]
+    unknown = sorted(set(node) - {"type", *spec.keys}, key=str)
     if unknown:
-        raise _fail(
-            path,
-            f"scheduler.{unknown[0]}",
-            node[unknown[0]],
-            f"unknown key; valid: {', '.join(sorted(SCHEDULER_KEYS))}",
-        )
-    if node.get("type", "fifo") not in SCHEDULERS:
-        raise _fail(path, "scheduler.type", node.get("type"), f"use one of {', '.join(SCHEDULERS)}")
-    for key in ("grace_period", "reduction_factor", "max_t"):
-        value = node.get(key)
-        if key in node and (
-            not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value < 1e9
-        ):
-            raise _fail(path, f"scheduler.{key}", node[key], "must be a finite number >= 1")
-    return {"type": "fifo", **node}
+        valid = ", ".join(["type", *spec.keys])
+        raise _fail(path, f"scheduler.{unknown[0]}", node[unknown[0]],
+                    f"the {kind} scheduler does not take this key; valid keys for {kind}: {valid}")  # fmt: skip
+    settings = {"type": kind, **spec.keys}
+    for key, value in node.items():
+        if key == "type":
+            continue
+        whole = spec.kinds[key] is int
+        if (not isinstance(value, (int, float)) or isinstance(value, bool) or not 1 <= value < 1e9
+                or (whole and value != int(value))):  # fmt: skip
+            fix = "must be a whole number >= 1 (epochs)" if whole else "must be a finite number >= 1"
+            raise _fail(path, f"scheduler.{key}", value, fix)
+        settings[key] = int(value) if whole else float(value)
+    bad = spec.check(settings)
+    if bad is not None:
+        raise _fail(path, f"scheduler.{bad[0]}", settings[bad[0]], bad[1])
+    return settings
+
+
+def build_scheduler(settings: dict):
+    """Tune's scheduler for a study's validated ``scheduler`` settings (:func:`_scheduler`), from
+    :data:`SCHEDULERS`: a type the table lacks is a CxrError, never FIFO."""
+    return lookup(SCHEDULERS, settings.get("type"), "scheduler.type").build(settings)
 
 
 def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfig]:

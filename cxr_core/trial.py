@@ -26,8 +26,9 @@ import torch
 
 from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
-from cxr_core.config import TrialConfig, to_dict, trial_config
+from cxr_core.config import SAMPLINGS, SCHEDULES, TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split, sample_weights
+from cxr_core.errors import lookup
 from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
 from cxr_core.model import load_model, load_processor, parameter_counts
@@ -104,15 +105,15 @@ class Setup:
 
 
 def lr_lambda(total_steps: int, warmup_ratio: float, schedule: str):
+    """The factor of the peak learning rate at each step: a linear warmup, then ``schedule`` (a name of
+    :data:`cxr_core.config.SCHEDULES`; any other name is a CxrError, never another schedule)."""
+    decay = lookup(SCHEDULES, schedule, "train.schedule")
     warmup = max(int(round(total_steps * warmup_ratio)), 0)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return decay((step - warmup) / max(total_steps - warmup, 1))
 
     return factor
 
@@ -164,7 +165,8 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     loss_sum, tokens, samples, step_in_accum = 0.0, 0, 0, 0
     start = time.perf_counter()
-    weights = sample_weights(s.train.labels, cfg.repeat_threshold) if cfg.sampling == "repeat_factor" else None
+    weighted = lookup(SAMPLINGS, cfg.sampling, "train.sampling")
+    weights = sample_weights(s.train.labels, cfg.repeat_threshold) if weighted else None
     for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device,
                          weights=weights):  # fmt: skip
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}

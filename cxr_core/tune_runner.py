@@ -13,43 +13,23 @@ import threading
 import time
 from pathlib import Path
 
-from cxr_core.errors import CxrError
+from cxr_core.errors import CxrError, lookup
 from cxr_core.records import RECORDS_DIR
-from cxr_core.space import Dist, Study
+from cxr_core.space import DISTRIBUTIONS, Dist, Study, build_scheduler
 
 
 def _to_tune(node):
     from ray import tune
 
     if isinstance(node, Dist):
-        a = node.args
-        return {
-            "grid_search": lambda: tune.grid_search(list(a)),
-            "choice": lambda: tune.choice(list(a)),
-            "uniform": lambda: tune.uniform(a[0], a[1]),
-            "quniform": lambda: tune.quniform(a[0], a[1], a[2]),
-            "loguniform": lambda: tune.loguniform(a[0], a[1]),
-            "randint": lambda: tune.randint(a[0], a[1]),
-            "lograndint": lambda: tune.lograndint(a[0], a[1]),
-        }[node.kind]()
+        return lookup(DISTRIBUTIONS, node.kind, "distribution").tune(tune, node.args)
     if isinstance(node, dict):
         return {k: _to_tune(v) for k, v in node.items()}
     return node
 
 
 def _suggest(trial, name: str, dist: Dist):
-    a = dist.args
-    if dist.kind in ("grid_search", "choice"):
-        return trial.suggest_categorical(name, list(a))
-    if dist.kind == "uniform":
-        return trial.suggest_float(name, a[0], a[1])
-    if dist.kind == "quniform":
-        return trial.suggest_float(name, a[0], a[1], step=a[2])
-    if dist.kind == "loguniform":
-        return trial.suggest_float(name, a[0], a[1], log=True)
-    if dist.kind == "randint":
-        return trial.suggest_int(name, a[0], a[1] - 1)
-    return trial.suggest_int(name, a[0], a[1] - 1, log=True)  # lograndint
+    return lookup(DISTRIBUTIONS, dist.kind, "distribution").optuna(trial, name, dist.args)
 
 
 def _resolve_with(spec, trial, prefix: str):
@@ -158,22 +138,6 @@ def _trial_name(trial) -> str:
     from cxr_core.console import trial_name
 
     return f"{trial_name(trial.config.get('arm', {}))}_{trial.trial_id}"
-
-
-def _scheduler(study: Study):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
-
-    s = study.scheduler
-    if s["type"] == "asha":
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=int(s.get("max_t", 100)),
-            grace_period=int(s.get("grace_period", 1)),
-            reduction_factor=float(s.get("reduction_factor", 4)),
-        )
-    if s["type"] == "median":
-        return MedianStoppingRule(time_attr="training_iteration", grace_period=float(s.get("grace_period", 1)))
-    return FIFOScheduler()
 
 
 def init_ray(
@@ -297,7 +261,7 @@ def run_study(
             mode=study.mode,
             search_alg=optuna_searcher(study) if optuna else None,
             num_samples=sum(arm.num_samples for arm in study.arms) if optuna else 1,
-            scheduler=_scheduler(study),
+            scheduler=build_scheduler(study.scheduler),
             max_concurrent_trials=study.max_concurrent_trials or None,
             trial_dirname_creator=_trial_name,
             trial_name_creator=_trial_name,

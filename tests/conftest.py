@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxr_core.testing import two_arm_space
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -63,27 +65,6 @@ def small_data(tmp_path_factory):
     return root, splits
 
 
-TWO_ARM_SPACE = """
-name: {name}
-metric: {metric}
-mode: {mode}
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: {max_train}, max_val: {max_val}}}
-  train: {{epochs: 2, batch_size: 16, num_threads: 1{seed}}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    train: {{lr: 1.0e-3}}
-  - name: lora
-    method: lora
-    lora: {{r: 4, target_modules: all_linear}}
-    train: {{lr: 5.0e-3}}
-{extra_arms}"""
-
-
 def two_arm_sweep(
     small_data,
     tmp,
@@ -100,11 +81,9 @@ def two_arm_sweep(
     optionally repeated over ``seeds``, plus ``extra_arms`` (YAML list items, indented as the arms), ``sweep_args``
     passed on to jobs.sweep; returns the experiment folder."""
     root, splits = small_data
-    seed = f", seed: {{grid_search: {list(seeds)}}}" if seeds else ""
     space = tmp / "space.yaml"
-    space.write_text(TWO_ARM_SPACE.format(name=name, splits=splits, root=root, max_train=max_train,
-                                          max_val=max_val, seed=seed, metric=objective[0], mode=objective[1],
-                                          extra_arms=extra_arms))  # fmt: skip
+    space.write_text(two_arm_space(splits, root, name=name, max_train=max_train, max_val=max_val, seeds=seeds,
+                                   metric=objective[0], mode=objective[1], extra_arms=extra_arms))  # fmt: skip
     sweep = run_module("jobs.sweep", str(space), "--name", name, "--storage", str(tmp / "rr"), "--num-cpus", "2",
                        *sweep_args)  # fmt: skip
     (tmp / "sweep_console.txt").write_text(sweep.stdout + sweep.stderr)  # what the user saw

@@ -35,21 +35,13 @@ def test_a_job_gets_its_own_options_and_an_unknown_one_is_refused():
 def test_dry_run_checks_the_data_shows_seeds_and_writes_its_plan_under_the_storage(small_data, tmp_path):
     import pandas as pd
 
-    from tests.conftest import TWO_ARM_SPACE, run_module
+    from cxr_core.testing import two_arm_space
+    from tests.conftest import run_module
 
     root, splits = small_data
     space = tmp_path / "space.yaml"
-    fill = dict(
-        name="plan",
-        splits=splits,
-        root=root,
-        max_train=8,
-        max_val=8,
-        metric="val_loss",
-        mode="min",
-        extra_arms="",
-    )
-    space.write_text(TWO_ARM_SPACE.format(seed=", seed: {grid_search: [0, 1]}", **fill))
+    fill = dict(name="plan", max_train=8, max_val=8, metric="val_loss", mode="min")
+    space.write_text(two_arm_space(splits, root, seeds=[0, 1], **fill))
     proc = run_module("jobs.sweep", str(space), "--dry-run", "--storage", str(tmp_path / "rr"))
     plan = pd.read_csv(tmp_path / "rr" / "plans" / "plan.csv")
     assert sorted(zip(plan["method"], plan["seed"], strict=True)) == [
@@ -63,7 +55,7 @@ def test_dry_run_checks_the_data_shows_seeds_and_writes_its_plan_under_the_stora
         tmp_path / "rr" / "plan"
     ).exists()  # no results folder: a real sweep of that name can still start
     # The same data checks as a real sweep: a split folder without its CSVs is refused before any model is built.
-    space.write_text(TWO_ARM_SPACE.format(seed="", **{**fill, "splits": tmp_path}))
+    space.write_text(two_arm_space(tmp_path, root, **fill))
     bad = subprocess.run([sys.executable, "-m", "jobs.sweep", str(space), "--dry-run"], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "train_split.csv" in bad.stderr

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from cxr_core.errors import CxrError
+from cxr_core.testing import two_arm_space
 from tests.conftest import REPO
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -72,28 +73,9 @@ def png_header(width: int, height: int) -> bytes:
     )
 
 
-SPACE = """
-name: t
-max_concurrent_trials: {concurrent}
-defaults:
-  model: embedded
-  data: {{split_dir: {splits}, image_root: {root}, max_train: 32, max_val: 16}}
-  train: {{epochs: {epochs}, batch_size: 16, num_threads: 1}}
-  evaluation: {{max_new_tokens: 40}}
-  resources: {{cpu: 1}}
-arms:
-  - name: fft
-    method: fft
-    train: {{lr: 1.0e-3}}
-  - name: lora
-    method: lora
-    lora: {{r: 4, target_modules: all_linear}}
-    train: {{lr: 5.0e-3}}
-"""
-
-
 def space_text(splits, root, *, epochs: int = 2, concurrent: int = 0) -> str:
-    return SPACE.format(splits=splits, root=root, epochs=epochs, concurrent=concurrent)
+    """The tests' two-arm space (:func:`cxr_core.testing.two_arm_space`); the rows below edit its text."""
+    return two_arm_space(splits, root, epochs=epochs, max_concurrent_trials=concurrent)
 
 
 # ----------------------------------------------------------------------------------- search space rows
@@ -137,6 +119,42 @@ SWEEP_ROWS = [
         ("resources: {{cpu: 1}}".replace("{{", "{").replace("}}", "}"), "resources: {cpu: 1, gpu: 1.5}"),
         [],
         ["`resources.gpu` must be a share in [0, 1] or a whole number, got 1.5"],
+    ),
+    (
+        "schedule_unknown",
+        ("epochs: 2", "epochs: 2, schedule: linear"),
+        [],
+        ["arm fft: `train.schedule` must be one of cosine, constant, got 'linear'"],
+    ),
+    (
+        "freeze_unknown",
+        ("train: {lr: 1.0e-3}", "train: {lr: 1.0e-3}\n    fft: {freeze: both}"),
+        [],
+        ["arm fft: `fft.freeze` must be one of none, vision, text, got 'both'"],
+    ),
+    (
+        "scheduler_type_unknown",
+        ("max_concurrent_trials: 0", "max_concurrent_trials: 0\nscheduler: {type: hyperband}"),
+        [],
+        ["`scheduler.type` = 'hyperband': unknown scheduler; use one of fifo, asha, median"],
+    ),
+    (
+        "scheduler_key_not_taken",
+        ("max_concurrent_trials: 0", "max_concurrent_trials: 0\nscheduler: {type: median, max_t: 5}"),
+        [],
+        [
+            "`scheduler.max_t` = 5: the median scheduler does not take this key",
+            "valid keys for median: type, grace_",
+        ],
+    ),
+    (
+        "asha_grace_period_above_max_t",
+        (
+            "max_concurrent_trials: 0",
+            "max_concurrent_trials: 0\nscheduler: {type: asha, grace_period: 4, max_t: 2}",
+        ),
+        [],
+        ["`scheduler.grace_period` = 4: must be at most max_t (2)"],
     ),
     (
         "unknown_target_module",

@@ -1,4 +1,4 @@
-"""Parameter counts on arch:git-base against numbers derived by hand from the layer shapes (DOMAIN.md): LoRA's
+"""Parameter counts on arch:git-base against numbers derived by hand from the layer shapes (docs/domain.md): LoRA's
 and IA3's presets."""
 
 import re

@@ -151,3 +151,121 @@ def test_overrides_reach_defaults_and_arms(tmp_path):
     assert study.arms[1].spec["lora"]["r"] == 2
     with pytest.raises(CxrError, match="KEY.PATH=VALUE"):
         load_study(write(tmp_path, BASE % {"data": tmp_path}), overrides=["train.epochs"])
+
+
+# ------------------------------------------------------------------ closed sets: one table validates and dispatches
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        ("{type: median, max_t: 5}",
+         "`scheduler.max_t` = 5: the median scheduler does not take this key; valid keys for median: type, "
+         "grace_period"),
+        ("{type: fifo, grace_period: 2}", "the fifo scheduler does not take this key; valid keys for fifo: type"),
+        ("{type: hyperband}", "`scheduler.type` = 'hyperband': unknown scheduler; use one of fifo, asha, median"),
+        ("{type: asha, reduction_factor: 1}", "`scheduler.reduction_factor` = 1.0: must be above 1"),
+        ("{type: asha, grace_period: 4, max_t: 2}", "`scheduler.grace_period` = 4: must be at most max_t (2)"),
+        ("{type: asha, max_t: 2.5}", "`scheduler.max_t` = 2.5: must be a whole number >= 1 (epochs)"),
+        ("{type: median, grace_period: .inf}", "`scheduler.grace_period` = inf: must be a finite number >= 1"),
+    ],
+)  # fmt: skip
+def test_scheduler_keys_are_those_of_the_chosen_type(tmp_path, scheduler, message):
+    """A key the chosen scheduler does not take is refused (it used to validate and be ignored), and so are the
+    values Tune's ASHA would assert on after Ray had started."""
+    with pytest.raises(CxrError) as err:
+        load_study(write(tmp_path, f"scheduler: {scheduler}\n" + BASE % {"data": tmp_path}))
+    assert message in str(err.value) and "space.yaml" in str(err.value)
+
+
+def test_the_scheduler_run_is_built_from_the_validated_settings_and_never_falls_back(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    from cxr_core.space import SCHEDULERS, build_scheduler
+
+    def loaded(scheduler: str) -> dict:
+        return load_study(write(tmp_path, f"scheduler: {scheduler}\n" + BASE % {"data": tmp_path})).scheduler
+
+    asha = loaded("{type: asha, max_t: 5, grace_period: 2}")
+    assert asha == {"type": "asha", "grace_period": 2, "reduction_factor": 4.0, "max_t": 5}  # defaults added
+    built = build_scheduler(asha)
+    assert isinstance(built, ASHAScheduler) and built._max_t == 5 and built._reduction_factor == 4.0
+    assert [rung for rung, _ in built._brackets[0]._rungs] == [2]  # grace 2, factor 4, max_t 5: one rung at 2
+    median = build_scheduler(loaded("{type: median, grace_period: 3}"))
+    assert isinstance(median, MedianStoppingRule) and median._grace_period == 3.0
+    assert loaded("{type: fifo}") == {"type": "fifo"}
+    assert isinstance(build_scheduler({"type": "fifo"}), FIFOScheduler)
+    assert set(SCHEDULERS) == {"fifo", "asha", "median"}
+    with pytest.raises(CxrError, match=r"`scheduler.type` must be one of fifo, asha, median, got 'hyperband'"):
+        build_scheduler({"type": "hyperband"})  # a type the table lacks is never run as FIFO
+
+
+def test_lr_schedules_come_from_the_table_that_validates_them():
+    from cxr_core.config import SCHEDULES, trial_config
+    from cxr_core.trial import lr_lambda
+
+    constant, cosine = lr_lambda(10, 0.2, "constant"), lr_lambda(10, 0.2, "cosine")
+    assert [round(constant(s), 3) for s in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert [round(cosine(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert set(SCHEDULES) == {"cosine", "constant"}
+    with pytest.raises(CxrError, match=r"`train.schedule` must be one of cosine, constant, got 'linear'"):
+        trial_config({"train": {"schedule": "linear"}})
+    with pytest.raises(CxrError, match=r"`train.schedule` must be one of cosine, constant, got 'linear'"):
+        lr_lambda(10, 0.1, "linear")  # it used to run as cosine
+
+
+def test_fft_freeze_and_lora_bias_are_applied_from_the_tables_that_validate_them():
+    from cxr_core import methods
+    from cxr_core.methods.fft import FREEZE, FftConfigSection, tower_of
+    from cxr_core.methods.lora import BIAS, LoraConfigSection
+    from cxr_core.model import load_model
+
+    fft = methods.get("fft")
+    model = fft.wrap(load_model("embedded"), fft.section_from({"freeze": "vision"}))
+    towers = {(tower_of(n), p.requires_grad) for n, p in model.named_parameters()}
+    assert towers == {("vision", False), ("text", True), ("other", True)}
+    assert set(FREEZE) == {"none", "vision", "text"} and set(BIAS) == {"none", "all", "lora_only"}
+    with pytest.raises(CxrError, match=r"`fft.freeze` must be one of none, vision, text, got 'both'"):
+        fft.wrap(load_model("embedded"), FftConfigSection(freeze="both"))  # it used to train every tower
+    lora = methods.get("lora")
+    with pytest.raises(CxrError, match=r"`lora.bias` must be one of none, all, lora_only, got 'some'"):
+        lora.wrap(load_model("embedded"), LoraConfigSection(target_modules="text", bias="some"))
+    wrapped = lora.wrap(load_model("embedded"), LoraConfigSection(target_modules="text", bias="all"))
+    trainable_biases = [n for n, p in wrapped.named_parameters() if p.requires_grad and n.endswith(".bias")]
+    assert trainable_biases and all("lora_" not in n for n in trainable_biases)
+
+
+@pytest.mark.parametrize(
+    ("kind", "args", "check"),
+    [
+        ("grid_search", (4, 8), lambda v: v in (4, 8)),
+        ("choice", ("text", "vision"), lambda v: v in ("text", "vision")),
+        ("uniform", (0.1, 0.2), lambda v: 0.1 <= v <= 0.2),
+        ("quniform", (0.0, 1.0, 0.25), lambda v: v in (0.0, 0.25, 0.5, 0.75, 1.0)),
+        ("loguniform", (1e-5, 1e-3), lambda v: 1e-5 <= v <= 1e-3),
+        ("randint", (2, 4), lambda v: v in (2, 3) and isinstance(v, int)),
+        ("lograndint", (2, 4), lambda v: v in (2, 3) and isinstance(v, int)),
+    ],
+)
+def test_each_distribution_draws_within_its_bounds_in_tune_and_in_optuna(kind, args, check):
+    """Tune's variant generator and Optuna draw each kind from the one table that parsing uses (Optuna used to read
+    every kind it did not name as lograndint)."""
+    import optuna
+    from ray.tune.search.variant_generator import generate_variants
+
+    from cxr_core.space import DISTRIBUTIONS, Dist
+    from cxr_core.tune_runner import _suggest, _to_tune
+
+    dist = Dist(kind, args)
+    tune_values = [spec["x"] for _ in range(5) for _, spec in generate_variants({"x": _to_tune(dist)})]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna_values = [_suggest(study.ask(), "x", dist) for _ in range(8)]
+    assert all(check(v) for v in tune_values + optuna_values), (tune_values, optuna_values)
+    if kind == "grid_search":
+        assert sorted(tune_values) == [4] * 5 + [8] * 5  # a grid: every value, each a trial
+    assert kind in DISTRIBUTIONS
+    with pytest.raises(CxrError, match=r"must be one of grid_search, choice, uniform"):
+        _suggest(study.ask(), "x", Dist("normal", (0.0, 1.0)))
+    with pytest.raises(CxrError, match=r"must be one of grid_search, choice, uniform"):
+        _to_tune(Dist("normal", (0.0, 1.0)))

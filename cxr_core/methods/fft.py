@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cxr_core.errors import choices, lookup
 from cxr_core.methods import Method
 
-FREEZE = ("none", "vision", "text")
+# ``fft.freeze``: name -> the towers (:func:`tower_of`) whose parameters stay frozen. Validation (:meth:`Fft.checks`)
+# and :meth:`Fft.wrap` both use this table.
+FREEZE = {"none": frozenset(), "vision": frozenset({"vision"}), "text": frozenset({"text"})}
 
 
 @dataclass
@@ -42,13 +45,14 @@ class Fft(Method):
     def checks(self, settings):
         if settings.freeze in FREEZE:
             return []
-        return [("fft.freeze", settings.freeze, f"must be one of {', '.join(FREEZE)}")]
+        return [("fft.freeze", settings.freeze, f"must be one of {choices(FREEZE)}")]
 
     def wrap(self, model, settings):
         """Every parameter trains, except a frozen tower's (``vision``: the image encoder; ``text``: the text
         decoder's embeddings, layers and LM head)."""
+        frozen = lookup(FREEZE, settings.freeze, "fft.freeze")
         for name, p in model.named_parameters():
-            p.requires_grad_(settings.freeze == "none" or tower_of(name) != settings.freeze)
+            p.requires_grad_(tower_of(name) not in frozen)
         return model
 
     def examples(self, size):

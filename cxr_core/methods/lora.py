@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cxr_core.errors import choices, lookup
 from cxr_core.methods import Method
 
-BIAS = ("none", "all", "lora_only")
+# ``lora.bias``: name -> the value of peft's ``LoraConfig(bias=...)``. Validation (:meth:`Lora.checks`) and
+# :meth:`Lora.wrap` both use this table.
+BIAS = {"none": "none", "all": "all", "lora_only": "lora_only"}
 
 
 @dataclass
@@ -86,7 +89,7 @@ class Lora(Method):
         if not isinstance(s.target_modules, str) and not s.target_modules:
             bad.append(("lora.target_modules", s.target_modules, "give a preset or a non-empty list"))
         if s.bias not in BIAS:
-            bad.append(("lora.bias", s.bias, f"must be one of {', '.join(BIAS)}"))
+            bad.append(("lora.bias", s.bias, f"must be one of {choices(BIAS)}"))
         return bad
 
     def check_model(self, model_name, settings):
@@ -108,7 +111,7 @@ class Lora(Method):
             lora_alpha=effective_alpha({"r": s.r, "alpha": s.alpha}),
             lora_dropout=s.dropout,
             target_modules=resolve_targets(model, s.target_modules),
-            bias=s.bias,
+            bias=lookup(BIAS, s.bias, "lora.bias"),
             use_rslora=s.use_rslora,
             use_dora=s.use_dora,
         )
