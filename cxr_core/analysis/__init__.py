@@ -12,10 +12,12 @@ The modules, each importable on its own; every public name is also here:
 
 - :mod:`~cxr_core.analysis.statistics`: seed-level intervals (t, Welch, delta method), overlap, Pareto front;
 - :mod:`~cxr_core.analysis.tables`: the trial and configuration tables, the best configuration per group;
+- :mod:`~cxr_core.analysis.scale`: a sweep over two or more models, per model and across them;
 - :mod:`~cxr_core.analysis.text`, :mod:`~cxr_core.analysis.sentences`, :mod:`~cxr_core.analysis.summary`:
   how numbers are written, the sentences, and summary.md section by section.
 """
 
+from cxr_core.analysis.scale import MODEL, Scale, across_scales
 from cxr_core.analysis.sentences import (
     CONVERGED_GAIN,
     PROTOCOL,
@@ -73,12 +75,12 @@ from cxr_core.analysis.text import _pct as _pct  # used by tests
 from cxr_core.analysis.text import markdown_table
 
 __all__ = [
-    "CONFIDENCE", "CONVERGED_GAIN", "COST", "LABEL_F1", "LR", "METHOD", "MIN_SEEDS_FOR_T", "NOT_IN_KEY",
-    "PROTOCOL", "QUALITY", "SEED", "baseline_lines", "best_config_per", "best_per", "chosen_configs",
-    "comparison_lines", "config_columns", "config_label", "configs_table", "constant_baseline",
-    "convergence_lines", "cost_shares", "difference_interval", "epoch_bands", "honest_interval", "interval_note",
-    "intervals_overlap", "lr_lines", "markdown_table", "mean_interval", "metric_bounds", "missing_lines",
-    "paired_lines", "pareto_front", "preset_lines", "protocol_lines", "quality_cost_lines", "ratio_interval",
-    "stat", "summary_markdown", "test_lines", "test_stats", "test_verdict", "trials_table", "variant_label",
-    "with_config_ids",
+    "CONFIDENCE", "CONVERGED_GAIN", "COST", "LABEL_F1", "LR", "METHOD", "MIN_SEEDS_FOR_T", "MODEL",
+    "NOT_IN_KEY", "PROTOCOL", "QUALITY", "SEED", "Scale", "across_scales", "baseline_lines", "best_config_per",
+    "best_per", "chosen_configs", "comparison_lines", "config_columns", "config_label", "configs_table",
+    "constant_baseline", "convergence_lines", "cost_shares", "difference_interval", "epoch_bands",
+    "honest_interval", "interval_note", "intervals_overlap", "lr_lines", "markdown_table", "mean_interval",
+    "metric_bounds", "missing_lines", "paired_lines", "pareto_front", "preset_lines", "protocol_lines",
+    "quality_cost_lines", "ratio_interval", "stat", "summary_markdown", "test_lines", "test_stats",
+    "test_verdict", "trials_table", "variant_label", "with_config_ids",
 ]  # fmt: skip

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from cxr_core import methods as registry
+from cxr_core.analysis.scale import Scale, across_scales, params_words, scale_lines, scale_rows
 from cxr_core.analysis.sentences import (
     _against,
     _interval_words,
@@ -320,6 +321,36 @@ def verdict_section(
     return ["", "## Verdict", ""] + [f"- {v}" for v in verdict]
 
 
+def scale_section(scale: Scale | None, *, metric: str) -> list[str]:
+    """## Across model scales (a sweep over two or more models): each model's best configuration per method, its
+    quality and cost as shares of the same model's best FFT configuration, and whether the gap changes with
+    scale (:mod:`cxr_core.analysis.scale`)."""
+    if scale is None:
+        return []
+    ref = registry.reference().title
+    sizes = scale.table.drop_duplicates("model")
+    names = ", ".join(params_words(m, p) for m, p in zip(sizes["model"], sizes["model_params"], strict=True))
+    text = (
+        f"{len(sizes)} models: {names}. Each model's best configuration of each method is chosen on validation "
+        f"`{metric}` among that model's configurations only (so each method's learning rate is tuned per model); "
+        f"quality and cost are shares of the same model's best {ref} configuration's (means over seeds). "
+    )
+    if scale.n_boot:
+        text += (
+            f"Ratio intervals are 95% percentile intervals of the paired two-level bootstrap ({scale.n_boot:,} "
+            "resamples: the same resampled validation images for every configuration, the seeds of each resampled "
+            "on their own), and so is the interval of the difference of the ratios at the largest and the smallest "
+            "model, which decides whether the gap narrows, widens or does not change with scale."
+        )
+    else:
+        text += (
+            "Without per-image records, a ratio's interval is the delta-method 95% t interval over seeds (3 or more "
+            "seeds), and the change of the gap with scale is not tested."
+        )
+    lines = ["", "## Across model scales", "", text, "", _md(scale_rows(scale.table, metric=metric)), ""]
+    return lines + [f"- {v}" for v in scale_lines(scale, metric=metric)]
+
+
 def protocol_section(
     table: pd.DataFrame, configs: pd.DataFrame, *, metric: str, mode: str, epochs: pd.DataFrame | None
 ) -> list[str]:
@@ -469,9 +500,10 @@ def summary_markdown(
     n_boot: int = 0,
     epochs: pd.DataFrame | None = None,
     metric_source: str = "",
+    scale: Scale | None = None,
 ) -> str:
-    """summary.md: verdict sentences computed from the data, the protocol, best configuration per method and per
-    preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
+    """summary.md: verdict sentences computed from the data, the across-scale comparison (a sweep over two or more
+    models), the protocol, best configuration per method and per preset with 95% intervals over seeds, the constant baseline, cost, learning rates, per-label F1, the
     test split (if evaluated), every configuration, what is missing, and the diagrams.
 
     Args:
@@ -486,6 +518,9 @@ def summary_markdown(
         n_boot: bootstrap resamples behind the intervals. epochs: the tidy per-epoch rows with ``config_id``
             (for the convergence check of the best configurations).
         metric_source: where ``metric`` came from (``the sweep's own``, ``--metric``), said in the summary.
+        scale: the across-model analysis (:func:`cxr_core.analysis.scale.across_scales`, with the paired intervals
+            of the validation records); None: computed here from ``configs`` (seed-level intervals). A sweep with
+            one model has none, and no such section.
     """
     configs = configs_table(table) if configs is None else configs
     if "config_id" not in table:
@@ -502,6 +537,8 @@ def summary_markdown(
                            margin=margin, n_boot=n_boot, metric_source=metric_source)  # fmt: skip
     lines += verdict_section(configs, by_variant, best_of, metric=metric, mode=mode, kind=kind, baseline=baseline,
                              comparisons=comparisons, test=test, planned=planned, sparse=sparse)  # fmt: skip
+    scale = across_scales(configs, metric=metric, mode=mode) if scale is None else scale
+    lines += scale_section(scale, metric=metric)
     lines += protocol_section(table, configs, metric=metric, mode=mode, epochs=epochs)
     lines += best_sections(by_method, by_variant, metric=metric)
     lines += baseline_section(baseline, by_method, metric=metric, mode=mode)
