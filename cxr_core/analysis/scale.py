@@ -246,7 +246,7 @@ def across_scales(
     draws = _Draws(split, metric)
     table = scale_table(best, metric=metric, confidence=confidence, draws=draws)
     gaps = scale_gaps(best, table, metric=metric, confidence=confidence, draws=draws)
-    if split is None or not draws.cache:
+    if split is None or not any(c in split.seeds for c in best["config_id"]):  # no records: seed-level only
         return Scale(best=best, table=table, gaps=gaps)
     return Scale(
         best=best, table=table, gaps=gaps, n_images=split.resampler.n_images, n_boot=split.resampler.n_boot
