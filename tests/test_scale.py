@@ -222,6 +222,21 @@ def test_the_same_predictions_at_both_scales_do_not_change_the_gap():
     assert "The gap (LoRA/FFT ratio of validation label_f1_micro) does not change detectably with scale" in part
 
 
+def test_a_reference_scoring_zero_gives_no_ratio_and_no_scale_verdict():
+    """Tiny FFT reads every label wrong (F1 0): no ratio at that model, so no verdict across scales; the
+    intervals are still said to be the paired bootstrap (the records are there)."""
+    truth = (np.random.default_rng(2).random((100, 14)) < 0.3).astype(float)
+    table, configs, split, f1, _ = _paired(truth, {"tf": 1.0, "tl": 0.2, "sf": 0.05, "sl": 0.1})
+    assert f1["tf"] == 0
+    result = scale_mod.across_scales(configs, metric=METRIC, mode="max", split=split)
+    assert result.gaps.empty and (result.n_images, result.n_boot) == (100, 400)
+    part = section(analysis.summary_markdown(table, configs=configs, metric=METRIC, mode="max", baseline=None,
+                                             name="x", scale=result))  # fmt: skip
+    assert "paired two-level bootstrap (400 resamples" in part
+    assert "against 0.000 for the best FFT configuration (lr=0.001; 1 seed; no ratio)" in part
+    assert "- No method has a ratio to FFT at both the smallest and the largest model: no verdict" in part
+
+
 @pytest.mark.parametrize(
     ("small", "large", "lo", "hi", "verdict"),
     [
