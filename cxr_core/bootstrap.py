@@ -327,6 +327,32 @@ def interval(
             "seed_min": float(side.per_seed.min()), "seed_max": float(side.per_seed.max())}  # fmt: skip
 
 
+def resampled(
+    truth: np.ndarray,
+    records: SeedRecords,
+    *,
+    metric: str,
+    uncertain: str = "negative",
+    resampler: Resampler,
+    stream: int = 0,
+) -> np.ndarray:
+    """(n_boot,) the two-level statistic of one configuration on each resample: the draws behind
+    :func:`interval` (same ``stream``, same values). Ratios and differences of several configurations computed
+    resample by resample from these, all drawn with one :class:`Resampler` and each on its own stream, are paired
+    over the images and independent over the seeds, as :func:`compare` is."""
+    side = _side(truth, records, metric=metric, uncertain=uncertain, resampler=resampler)
+    return _two_level(side.boot, resampler.seed_draws(records.n_seeds, stream=stream))
+
+
+def percentile_interval(values: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of resampled ``values`` (NaN, NaN when any is not finite, e.g. a ratio whose
+    denominator was 0 on a resample)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0 or not np.isfinite(values).all():
+        return math.nan, math.nan
+    return _bounds(values, confidence)
+
+
 def _verdict(lo: float, hi: float, lo90: float, hi90: float, *, margin: float, higher: bool) -> str:
     if -margin < lo90 and hi90 < margin:
         return "equivalent"

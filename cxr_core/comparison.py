@@ -108,6 +108,13 @@ class Split:
         return bootstrap.interval(self.truth, self.seeds[key], metric=metric, uncertain=self.uncertain,
                                   resampler=self.resampler, stream=self._streams[key])  # fmt: skip
 
+    def resampled(self, key: str, metric: str) -> np.ndarray:
+        """(n_boot,) the two-level statistic of one configuration on this split's shared image resamples (its
+        seed draws are those of :meth:`interval`): ratios of configurations taken resample by resample are
+        paired over the images."""
+        return bootstrap.resampled(self.truth, self.seeds[key], metric=metric, uncertain=self.uncertain,
+                                   resampler=self.resampler, stream=self._streams[key])  # fmt: skip
+
     def compare(self, a: str, b: str, metric: str, *, margin: float) -> dict:
         streams = (self._streams[a], self._streams[b] + len(self._streams))
         return bootstrap.compare(self.truth, self.seeds[a], self.seeds[b], metric=metric, margin=margin,

@@ -34,6 +34,7 @@ from matplotlib.transforms import offset_copy  # noqa: E402
 from cxr_core import analysis  # noqa: E402
 from cxr_core import methods as registry  # noqa: E402
 from cxr_core.analysis import LR, METHOD, best_config_per, variant_label  # noqa: E402
+from cxr_core.analysis.scale import best_per_model, models  # noqa: E402
 from cxr_core.comparison import CONFIG_VS_REFERENCE, PRESET_VS_REFERENCE, reference_kinds  # noqa: E402
 from cxr_core.labels import LABELS  # noqa: E402
 
@@ -712,6 +713,71 @@ def cost_per_method(configs: pd.DataFrame, out: Path, *, metric: str, mode: str,
     return _save(fig, out / "cost_per_method.png")
 
 
+SCALE_PANELS = (
+    ("trainable_params", "trainable parameters", "count, log scale", True),
+    ("peak_mem_mb", "peak memory", "MB", False),
+    ("train_samples_per_s", "training throughput", "samples/s", False),
+)
+
+
+def model_scale_figure(configs: pd.DataFrame, *, metric: str, mode: str, memory_kind: str = "") -> Figure:
+    """The figure of :func:`model_scale`, not yet saved."""
+    best = best_per_model(configs, metric=metric, mode=mode)
+    sizes = best.drop_duplicates("model")
+    if len(sizes) < 2:
+        raise NotDrawn(f"needs two or more models with results; results have {len(sizes)}")
+    if sizes["model_params"].isna().any():
+        raise NotDrawn("not every model reported its parameter count (total_params)")
+    col = f"best_{metric}"
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    panels = [(col, f"validation {metric}", _unit(metric), False), *SCALE_PANELS]
+    for ax, (column, what, unit, log) in zip(axes.flat, panels, strict=True):
+        quality = column == col
+        for i, method in enumerate(m for m in registry.registered() if m.name in set(best[METHOD])):
+            mine = best[best[METHOD] == method.name].sort_values("model_params")
+            x, y = mine["model_params"].astype(float).to_numpy(), _column(mine, f"{column}_mean")
+            ax.plot(x, y, marker=MARKERS[i % len(MARKERS)], color=_color(method.name), label=method.title)
+            lo, hi = _bounds(mine, column, cost=not quality)
+            _whiskers(ax, x, y, lo, hi, _kinds(mine) if quality else None, color=_color(method.name))
+        ax.set_xscale("log")
+        ax.set_xticks(sizes["model_params"].astype(float), [f"{m}\n{p:,.0f}" for m, p in
+                      zip(sizes["model"], sizes["model_params"], strict=True)], fontsize=8)  # fmt: skip
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.margins(x=0.15)
+        if log:
+            ax.set_yscale("log")
+        elif not quality:
+            ax.set_ylim(bottom=0)
+        kind = f" ({memory_kind})" if column == "peak_mem_mb" and memory_kind else ""
+        ax.set(xlabel="model parameters (count, log scale)", ylabel=f"{what}{kind} ({unit})")
+        ax.set_title(f"{what}{kind} ({unit})", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        _wrap(
+            "Across model scales: each method's best configuration per model, chosen on validation (line per "
+            f"method; mean over seeds; quality whiskers: {_interval_text(_kinds(best))}; cost whiskers: min-max "
+            "over seeds)",
+            width=110,
+        ),
+        fontsize=10,
+    )
+    return fig
+
+
+def model_scale(configs: pd.DataFrame, out: Path, *, metric: str, mode: str, memory_kind: str = "") -> Path:
+    """Quality and cost against model size, for a sweep over two or more models: validation ``metric``, trainable
+    parameters, peak memory and training samples/s of each method's best configuration per model (chosen on
+    validation among that model's configurations) against the model's parameter count (log x), one line per
+    method.
+
+    Raises:
+        NotDrawn: fewer than two models with results, or a model without its parameter count.
+    """
+    fig = model_scale_figure(configs, metric=metric, mode=mode, memory_kind=memory_kind)
+    return _save(fig, out / "model_scale.png")
+
+
 FOREST_COLUMNS = ("a", "b", "kind", "a_variant", "split", "metric", "difference", "lo", "hi", "verdict")
 
 
@@ -895,6 +961,12 @@ def draw_all(
             lambda: forest_plot(comparisons, out, metric=metric, margin=margin),
         ),
     }
+    if len(models(configs)) > 1:  # a sweep over model sizes; a one-model report lists no such diagram
+        jobs["model_scale.png"] = (
+            f"validation {metric}, trainable params, peak memory and samples/s of each method's best configuration "
+            "per model against the model's parameters (log x), one line per method",
+            lambda: model_scale(configs, out, metric=metric, mode=mode, memory_kind=memory_kind),
+        )
     done = {}
     for name, (what, draw) in jobs.items():
         try:

@@ -135,6 +135,7 @@ def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin,
         "comparisons": comparison.comparisons_frame([]),
         "test_intervals": None,
         "sparse": [],
+        "split": None,
     }
     if split_dir is None:
         return out
@@ -157,6 +158,7 @@ def _paired(table, configs, test, folder: Path, *, epochs, metric, mode, margin,
     out["configs"] = comparison.with_bootstrap_intervals(configs, val)
     out["comparisons"] = comparison.comparisons_frame(rows)
     out["sparse"] = val.sparse() if val is not None else []
+    out["split"] = val  # the across-model ratios are paired over its images
     if tst is not None:
         shown = (metric, "label_f1_macro", "label5_f1_macro", "unparsed_rate")
         pairs = dict.fromkeys(zip(test["group"].astype(str), test["config_id"].astype(str), strict=True))
@@ -224,6 +226,9 @@ def write_report(
         paired = _paired(table, configs, evaluated.get("test_metrics.csv"), tmp, epochs=epochs, metric=metric,
                          mode=mode, margin=margin, n_boot=n_boot)  # fmt: skip
         configs = paired["configs"]
+        scale = analysis.across_scales(configs, metric=metric, mode=mode, split=paired["split"])
+        if scale is not None:  # a sweep over two or more models
+            scale.table.to_csv(tmp / "scale.csv", index=False)
         epochs.to_csv(tmp / "epochs.csv", index=False)
         table.to_csv(tmp / "trials.csv", index=False)
         configs.to_csv(tmp / "configs.csv", index=False)
@@ -262,6 +267,7 @@ def write_report(
             n_boot=n_boot,
             epochs=epochs,
             metric_source=source,
+            scale=scale,
         )
         survived = fault_lines(grid)  # retries after a failure, damaged checkpoints skipped at a resume
         if survived:

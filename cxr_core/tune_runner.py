@@ -607,15 +607,8 @@ def best_checkpoints(
                 "is still running or was interrupted; wait for a first epoch (or resume it), then evaluate"
             )
         return []
-    table = analysis.trials_table(epochs, metric=metric, mode=mode)
-    configs = analysis.configs_table(table)
-    key = "config/method" if group_by == "method" else "variant"
-    best = analysis.best_config_per(configs, key, metric=metric, mode=mode)
-    if config_id is not None:
-        best = configs[configs["config_id"] == config_id]
-        if best.empty:
-            raise CxrError(f"{path}: no configuration {config_id!r}; its configurations: "
-                           + ", ".join(repr(c) for c in configs["config_id"]))  # fmt: skip
+    best = analysis.chosen_configs(epochs, metric=metric, mode=mode, group_by=group_by, config_id=config_id,
+                                   where=str(path))  # fmt: skip
     by_trial = {str(r.metrics.get("trial_id")): r for r in grid if r.metrics}
     picks = []
     for _, cfg in best.iterrows():
@@ -633,7 +626,7 @@ def best_checkpoints(
             arm = result.config["arm"]
             picks.append(
                 {
-                    "group": cfg[key],
+                    "group": cfg["group"],
                     "config_id": cfg["config_id"],
                     "trial_id": trial_id,
                     "seed": arm.get("train", {}).get("seed", 0),
