@@ -100,10 +100,15 @@ class EvalConfig:
 
 @dataclass
 class Resources:
-    """Per-trial resources, as Tune reserves them (fractions of a GPU allowed)."""
+    """Per-trial resources, as Tune reserves them (fractions of a GPU allowed).
+
+    ``require_gpu``: a trial with ``gpu`` > 0 where CUDA is unavailable stops with an error before it trains
+    (``jobs.sweep --require-gpu`` sets it everywhere), instead of training on the CPU and saying so.
+    """
 
     cpu: float = 1.0
     gpu: float = 0.0
+    require_gpu: bool = False
 
 
 @dataclass

@@ -196,7 +196,7 @@ def write_report(
     text = str(results)
     name = text.rstrip("/").rsplit("/", 1)[-1]
     out = Path(out) if out else default_out(text)
-    from cxr_core.tune_runner import fault_lines, load_results, resolve_objective
+    from cxr_core.tune_runner import fault_lines, gpu_fallback_line, load_results, resolve_objective
 
     grid = load_results(text)
     metric, mode, source = resolve_objective(grid, metric, mode)
@@ -269,6 +269,9 @@ def write_report(
             metric_source=source,
             scale=scale,
         )
+        fallback = gpu_fallback_line(grid)  # given a GPU share, trained on the CPU: said before the verdicts
+        if fallback:
+            summary = summary.replace("\n## Verdict\n", f"\n**Devices:** {fallback}.\n\n## Verdict\n", 1)
         survived = fault_lines(grid)  # retries after a failure, damaged checkpoints skipped at a resume
         if survived:
             summary = (

@@ -28,7 +28,7 @@ from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import SAMPLINGS, SCHEDULES, TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split, sample_weights
-from cxr_core.errors import lookup
+from cxr_core.errors import CxrError, lookup
 from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
 from cxr_core.model import load_model, load_processor, parameter_counts
@@ -45,7 +45,24 @@ def seed_everything(seed: int) -> None:
 
 
 def device_for(config: TrialConfig) -> torch.device:
+    """CUDA when the trial was given a GPU share and CUDA is available here, else the CPU (said by
+    :func:`gpu_fallback`)."""
     return torch.device("cuda" if config.resources.gpu > 0 and torch.cuda.is_available() else "cpu")
+
+
+def gpu_fallback(config: TrialConfig, name: str = "") -> str | None:
+    """Why a trial given ``resources.gpu`` > 0 cannot use CUDA here, as one line; None when it can (or asked for
+    no GPU). ``name``: the trial's name, for the line."""
+    if config.resources.gpu <= 0 or torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    build = (
+        "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no device visible"
+    )
+    return (
+        f"{name or config.name}: resources.gpu = {config.resources.gpu:g} but CUDA is unavailable here (torch "
+        f"{torch.__version__}: {build}; CUDA_VISIBLE_DEVICES={visible if visible is not None else 'unset'})"
+    )
 
 
 def uses_bf16(precision: str, device: torch.device) -> bool:
@@ -326,16 +343,30 @@ def run_trial(
     report: Report,
     resume_from: Path | None = None,
     records_dir: Path | None = None,
+    name: str = "",
 ) -> dict:
     """Run one trial and ``report`` every epoch's metrics with a checkpoint folder.
 
     With ``records_dir``, every validation also writes its per-image records there
     (``val_epoch001.npz``, ...; see :mod:`cxr_core.records`) before the epoch is reported.
 
+    A trial given ``resources.gpu`` > 0 where CUDA is unavailable trains on the CPU and reports
+    ``gpu_fallback`` = True with every epoch (the sweep's last lines and the report's summary name such trials:
+    :func:`cxr_core.tune_runner.gpu_fallback_line`); with ``resources.require_gpu`` it raises instead, before it
+    loads anything (``name`` names the trial in the message).
+
+    Raises:
+        CxrError: ``resources.require_gpu`` and no CUDA here.
+
     Returns:
         The last epoch's metrics.
     """
     cfg = config if isinstance(config, TrialConfig) else trial_config(config)
+    fallback = gpu_fallback(cfg, name)
+    if fallback and cfg.resources.require_gpu:  # before any data or model is loaded
+        raise CxrError(f"{fallback}; run it where torch sees a GPU (scripts/setup.sh installs the CUDA build on a "
+                       "machine with an NVIDIA GPU), or drop resources.require_gpu / --require-gpu to train on "
+                       "the CPU")  # fmt: skip
     wall_start = time.perf_counter()
     meter = MemoryMeter(device_for(cfg))
     s = setup(cfg, meter=meter, resume_from=resume_from)
@@ -365,6 +396,7 @@ def run_trial(
                 n_val=len(s.val),
                 images_skipped=len(s.train.skipped) + len(s.val.skipped),
                 device=s.device.type,
+                gpu_fallback=bool(fallback),
                 pid=os.getpid(),
                 **feature_cache.cost_columns(s.features),
             )

@@ -100,7 +100,15 @@ def trainable(config: dict) -> None:
         from cxr_core.console import quiet_worker
 
         quiet_worker()
-    node_id = ray.get_runtime_context().get_node_id()
+    # Where the trial runs and what Ray gave it: the node, the accelerator ids Ray assigned (its GPU share's
+    # device, e.g. "0"; "" without a GPU share) and CUDA_VISIBLE_DEVICES as Ray set it, and when it started (unix
+    # seconds; each report adds reported_at, so the last one is when it ended).
+    placement = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "accelerator_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "started_at": time.time(),
+    }
     # The newest intact checkpoint: a damaged one (cut short by a kill or a full disk) is skipped, and said so.
     resume, recovery = checkpoint_check.resume_folder(tune.get_checkpoint())
     notes = {checkpoint_check.RECOVERY_KEY: recovery} if recovery else {}
@@ -108,13 +116,139 @@ def trainable(config: dict) -> None:
     def report(metrics: dict, folder: Path | None) -> None:
         checkpoint = tune.Checkpoint.from_directory(str(folder)) if folder is not None else None
         with faults.naming_full_disk(_trial_storage_path()):  # Tune uploads the checkpoint in here
-            tune.report({**metrics, "node_id": node_id, **notes}, checkpoint=checkpoint)
+            tune.report({**metrics, **placement, "reported_at": time.time(), **notes}, checkpoint=checkpoint)
         notes.clear()  # said once, with the first epoch after the resume
 
     # Per-image validation records go to the trial's folder; Tune uploads it to the storage with every
     # checkpoint (SyncConfig(sync_artifacts=True) in run_study), so they sit beside result.json.
     records = Path(tune.get_context().get_trial_dir()) / RECORDS_DIR
-    run_trial(config["arm"], report=report, resume_from=resume, records_dir=records)
+    run_trial(config["arm"], report=report, resume_from=resume, records_dir=records,
+              name=tune.get_context().get_trial_name())  # fmt: skip
+
+
+def _gpu_arms(study: Study) -> list[tuple[str, float]]:
+    """(arm name, its largest GPU share) of every arm that asks for a GPU with ``resources.require_gpu``."""
+    from cxr_core.config import trial_config
+    from cxr_core.space import corner_configs
+
+    out = []
+    for arm in study.arms:
+        configs = [trial_config(c) for c in corner_configs(arm)]
+        shares = [c.resources.gpu for c in configs if c.resources.require_gpu and c.resources.gpu > 0]
+        if shares:
+            out.append((arm.name, max(shares)))
+    return out
+
+
+_REQUIRE_FIX = ("run it where torch sees a GPU (scripts/setup.sh installs the CUDA build on a machine with an "
+                "NVIDIA GPU), set resources.gpu = 0, or drop --require-gpu (resources.require_gpu) to train on "
+                "the CPU")  # fmt: skip
+
+
+def _torch_text() -> str:
+    import torch
+
+    return f"torch {torch.__version__}: " + (
+        "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no device visible"
+    )
+
+
+def check_local_gpus(study: Study) -> None:
+    """``--require-gpu`` on a local Ray instance: an arm given a GPU share needs CUDA on this machine. Called
+    before Ray starts; nothing is trained.
+
+    Raises:
+        CxrError: an arm with ``resources.gpu`` > 0 and ``resources.require_gpu``, and no CUDA here.
+    """
+    arms = _gpu_arms(study)
+    if not arms:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    named = ", ".join(f"arm {name} (resources.gpu = {gpu:g})" for name, gpu in arms)
+    raise CxrError(f"{named}: GPU required (--require-gpu) but CUDA is unavailable on this machine "
+                   f"({_torch_text()}); {_REQUIRE_FIX} (in {study.path})")  # fmt: skip
+
+
+def _cuda_probe() -> dict:
+    """Run on a node with a GPU share, as a trial would be: what torch sees there."""
+    import ray
+    import torch
+
+    return {
+        "cuda": torch.cuda.is_available(),
+        "devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "torch": _torch_text(),
+        "ip": ray.util.get_node_ip_address(),
+        "ids": [str(i) for i in ray.get_gpu_ids()],
+    }
+
+
+def probe_cluster_gpus(study: Study, *, address: str, timeout: float = 120.0) -> None:
+    """``--require-gpu`` on a cluster: before any trial starts, every live node that declares GPUs runs a task
+    with a small GPU share (so Ray sets CUDA_VISIBLE_DEVICES as for a trial) that asks torch whether it sees
+    CUDA there. Needs Ray initialised (:func:`init_ray`).
+
+    Raises:
+        CxrError: no node declares a GPU, a node's torch sees no CUDA, or the nodes did not answer in time.
+    """
+    arms = _gpu_arms(study)
+    if not arms:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    named = ", ".join(f"arm {name} (resources.gpu = {gpu:g})" for name, gpu in arms)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    if not nodes:
+        raise CxrError(f"{named}: GPU required (--require-gpu) but no node of the cluster at {address} declares a "
+                       "GPU (`ray status` on the head lists the nodes' resources); start the worker nodes on GPU "
+                       "machines (or with `ray start --num-gpus N`), or drop --require-gpu "
+                       f"(in {study.path})")  # fmt: skip
+    probe = ray.remote(num_cpus=0, num_gpus=0.0001, max_retries=0)(_cuda_probe)
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    try:
+        seen = ray.get(refs, timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        raise CxrError(f"--require-gpu: the GPU nodes of the cluster at {address} did not say within {timeout:g} s "
+                       "whether torch sees CUDA there (a node busy or starting); check `ray status` on the head "
+                       "and try again, or drop --require-gpu") from None  # fmt: skip
+    bad = [s for s in seen if not s["cuda"]]
+    if bad:
+        where = ", ".join(f"node {s['ip']} (GPU ids {','.join(s['ids']) or 'none'}; {s['torch']})" for s in bad)
+        raise CxrError(f"{named}: GPU required (--require-gpu) but CUDA is unavailable on {len(bad)} of the "
+                       f"cluster's {len(seen)} GPU node(s): {where}; {_REQUIRE_FIX} (in {study.path})")  # fmt: skip
+
+
+def gpu_fallback_line(grid) -> str | None:
+    """One line naming the trials that were given a GPU share but trained on the CPU (no CUDA where they ran,
+    reported as ``gpu_fallback``), per arm and share; None when there are none. For the sweep's last lines and
+    the report's summary."""
+    by_arm: dict[tuple[str, float], list[str]] = {}
+    for result in grid:
+        metrics = result.metrics or {}
+        if not metrics.get("gpu_fallback"):
+            continue
+        arm = (result.config or {}).get("arm", {})
+        gpu = float((arm.get("resources") or {}).get("gpu", 0))
+        trial = Path(result.path).name if result.path else str(metrics.get("trial_id", "?"))
+        by_arm.setdefault((str(arm.get("name", "?")), gpu), []).append(trial)
+    if not by_arm:
+        return None
+    parts = [
+        f"arm {arm} ran on CPU although resources.gpu = {gpu:g} ({len(trials)} trial{'s' * (len(trials) > 1)}: "
+        f"{', '.join(sorted(trials))})"
+        for (arm, gpu), trials in sorted(by_arm.items())
+    ]
+    return ("; ".join(parts) + ": CUDA was unavailable where they ran, so their cost columns (peak memory, "
+            "samples/s, wall time) are CPU figures; --require-gpu refuses such a sweep before it trains")  # fmt: skip
 
 
 def _trial_storage_path() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default ray_results/)")  # fmt: skip
     p.add_argument("--address", help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--require-gpu", action="store_true", help="refuse to train an arm given a GPU share "
+                   "(resources.gpu > 0) where CUDA is unavailable, checked before any training (sets "
+                   "resources.require_gpu); without it such trials train on the CPU and the sweep says so")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one key of the defaults, e.g. --set train.epochs=2 (repeatable)")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="check the data, build every trial's model, train "
@@ -69,10 +73,14 @@ def main(argv=None) -> None:
     from cxr_core.space import check_name, check_splits, load_study
 
     overrides = args.overrides + ([f"model={args.model}"] if args.model else [])
+    overrides += ["resources.require_gpu=true"] if args.require_gpu else []
     study = load_study(args.space, overrides=overrides)  # validates every arm before Ray starts
     from cxr_core.tune_runner import (
+        check_local_gpus,
         fault_lines,
+        gpu_fallback_line,
         init_ray,
+        probe_cluster_gpus,
         results_exist,
         resume_study,
         run_study,
@@ -89,6 +97,8 @@ def main(argv=None) -> None:
     target = f"{storage.rstrip('/')}/{name}"
     if not args.resume:
         check_splits(study)  # split CSVs readable, image paths inside the image root
+    if not args.address:
+        check_local_gpus(study)  # --require-gpu: CUDA on this machine, before Ray starts
     if args.resume and not results_exist(target):
         raise CxrError(f"--resume: {target} does not exist; check --name and --storage")
     # One driver per sweep, taken before the checks below so that a second driver is refused whatever the first
@@ -111,6 +121,15 @@ def main(argv=None) -> None:
     init_ray(address=args.address, num_cpus=args.num_cpus, dashboard=args.dashboard, timeout=timeout)
     if log is not None:
         quiet_driver(log.parent, verbose=False)  # again: ray.init sets its console handler up anew
+    if args.address:
+        try:
+            probe_cluster_gpus(study, address=args.address)  # --require-gpu: CUDA on every GPU node
+        except CxrError:
+            stop_ray()
+            lock.release()
+            if log is not None and not args.resume and {p.name for p in log.parent.iterdir()} <= {log.name}:
+                shutil.rmtree(log.parent, ignore_errors=True)  # a refused sweep leaves nothing behind
+            raise
     storage_args = ["--storage", args.storage] if args.storage else []
     address_args = ["--address", args.address] if args.address else []
     resume_hint = shlex.join(
@@ -139,6 +158,9 @@ def main(argv=None) -> None:
     survived = fault_lines(grid)
     if survived:
         print(f"faults survived ({len(survived)}):", *survived, sep="\n  ")
+    fallback = gpu_fallback_line(grid)  # given a GPU share, trained on the CPU
+    if fallback:
+        print(fallback)
     if unfinished:
         print(f"continue the unfinished trials with: {resume_hint}")
     if errors:

@@ -1,10 +1,14 @@
-"""The benchmark scripts run (tiny sizes) and print their JSON last line; bench/gpu.py works on a CPU."""
+"""The benchmark scripts run (tiny sizes) and print their JSON last line; bench/gpu.py and the GPU check
+(scripts/gpu_check.sh) work on a CPU."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -14,9 +18,17 @@ def last_json(*args):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_gpu_bench_runs_on_cpu_at_tiny_size():
-    result = last_json("bench.gpu", "--tiny", "--device", "cpu", "--steps", "1")
-    rows = {r["config"]: r for r in result["rows"]}
+def test_gpu_check_script_runs_on_cpu_at_tiny_size(tmp_path):
+    """scripts/gpu_check.sh --tiny: the GPU check's every step (bench.gpu, data, the 6-trial sweep, its tables) on a
+    CPU, so the script is known to run when a GPU comes."""
+    env = {**os.environ, "CXR_PYTHON": sys.executable}  # this interpreter: no set-up from inside the tests
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--tiny", "--out", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["bench"], result["tiny"], result["device"]) == ("gpu_check", True, "cpu")
+    # bench.gpu (python -m bench.gpu --tiny --device cpu --steps 1) works on a CPU: every method's rows.
+    rows = {r["config"]: r for r in result["bench_gpu"]["rows"]}
     assert set(rows) >= {"fft", "fft_freeze_vision", "lora_r16_vision", "lora_r16_all_linear"}
     assert rows["fft"]["trainable_params"] == rows["fft"]["total_params"]
     assert rows["fft_freeze_vision"]["trainable_params"] < rows["fft"]["trainable_params"]
@@ -28,6 +40,27 @@ def test_gpu_bench_runs_on_cpu_at_tiny_size():
     # The frozen-encoder arms also run with the feature cache (the same model and trainable parameters).
     for name in ("fft_freeze_vision", "lora_r16_text"):
         assert rows[f"{name}_cached"]["trainable_params"] == rows[name]["trainable_params"]
+    # The sweep: FFT and text / all_linear LoRA, two seeds each, on the embedded model at gpu 0 (2 CPUs).
+    sweep = result["sweep"]
+    trials = sweep["trials"]
+    assert sorted((t["arm"], t["preset"]) for t in trials) == [("fft", ""), ("fft", ""), ("lora", "all_linear"),
+                                                               ("lora", "all_linear"), ("lora", "text"),
+                                                               ("lora", "text")]  # fmt: skip
+    for t in trials:
+        assert t["status"] == "TERMINATED" and t["device"] == "cpu" and t["gpu_share"] == 0, t
+        assert not t["gpu_fallback"] and t["accelerator_ids"] == "", t  # no GPU asked, none given, none missed
+        assert t["train_samples_per_s"] > 0 and t["peak_mem_mb"] >= 0 and t["started_at"] < t["ended_at"], t
+    assert {t["feature_cache"] for t in trials if t["preset"] == "text"} == {"file"}  # frozen encoder: cached
+    packing = sweep["packing"]
+    assert packing["trials"] == 6 and 1 <= packing["most_at_once"] <= 2  # 2 CPUs, 1 per trial
+    assert packing["most_on_one_gpu"] == 0 and not packing["lora_shared_a_gpu"]
+    busy = sum(t["ended_at"] - t["started_at"] for t in trials)
+    assert packing["sum_of_trials_s"] == pytest.approx(busy, abs=0.1)
+    assert sweep["gpu_fallback_line"] is None and (sweep["n_train"], sweep["n_val"]) == (8, 4)
+    table = (tmp_path / "gpu_check.md").read_text()
+    assert table.count("\n| fft-lr1e-05-s") == 2 and table.count("\n| lora-") == 4
+    assert table.count("\n| fft | 2 |") == 1  # bench.gpu's FFT row at the tiny batch
+    assert json.loads((tmp_path / "gpu_check.json").read_text()) == result
 
 
 def test_step_overhead_bench_small():

@@ -157,6 +157,16 @@ SWEEP_ROWS = [
         ["`scheduler.grace_period` = 4: must be at most max_t (2)"],
     ),
     (
+        "gpu_required_without_cuda",
+        ("resources: {{cpu: 1}}".replace("{{", "{").replace("}}", "}"), "resources: {cpu: 1, gpu: 1}"),
+        ["--require-gpu"],
+        [
+            "arm fft (resources.gpu = 1), arm lora (resources.gpu = 1): GPU required (--require-gpu) but CUDA is "
+            "unavailable on this machine (torch",
+            "set resources.gpu = 0, or drop --require-gpu",
+        ],
+    ),
+    (
         "unknown_target_module",
         ("target_modules: all_linear", "target_modules: [query, qproj]"),
         [],
@@ -224,6 +234,12 @@ SWEEP_ROWS = [
 ]
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dashboard_missing() -> bool:
     from ray._private.utils import get_dashboard_dependency_error
 
@@ -245,6 +261,10 @@ def storage(tmp_path_factory):
 def test_sweep_refuses_bad_input(row, edit, extra, phrases, small_data, storage, tmp_path):
     if row == "dashboard_packages_missing" and not _dashboard_missing():
         pytest.skip("the dashboard's packages are installed: test_dashboard_binds_to_localhost covers it")
+    if row == "gpu_required_without_cuda" and _cuda():
+        pytest.skip(
+            "CUDA is available here: the sweep would train (tests/test_gpu_packing.py refuses on a cluster)"
+        )
     root, splits = small_data
     text = space_text(splits, root)
     if edit is not None:
