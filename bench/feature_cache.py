@@ -59,8 +59,12 @@ def _processor(model_name: str, tmp: Path):
 
     words = ["[PAD]", *[f"[unused{i}]" for i in range(99)], "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     words += [f"w{i}" for i in range(30522 - len(words))]
-    (tmp / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"))
+    try:  # transformers 5 takes the vocabulary itself (and ignores a vocab_file), 4.x a vocab file
+        tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)})
+    except TypeError:
+        (tmp / "vocab.txt").write_text("\n".join(words) + "\n")
+        tokenizer = BertTokenizerFast(vocab_file=str(tmp / "vocab.txt"))
+    assert (len(tokenizer), tokenizer.cls_token_id, tokenizer.sep_token_id) == (30522, 101, 102), "tokenizer"
     return GitProcessor(image_processor=load_processor("embedded").image_processor, tokenizer=tokenizer)
 
 
