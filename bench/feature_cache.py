@@ -75,7 +75,7 @@ def _data(processor, config, n: int, tokens: int, tmp: Path, seed: int = 0):
     from cxr_core.dataset import CachedPixels, SplitData
     from cxr_core.images import Geometry
     from cxr_core.labels import LABELS
-    from cxr_core.report import mini_report
+    from cxr_core.mini_report import mini_report
 
     size = config.vision_config.image_size
     rng = np.random.default_rng(seed)

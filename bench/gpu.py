@@ -25,7 +25,10 @@ import time
 import torch
 
 ADAPTER_SIZE = 16  # LoRA's rank in the benchmark's configurations
-CACHED = ("fft_freeze_vision", f"lora_r{ADAPTER_SIZE}_text")  # also run with the feature cache, as ``NAME_cached``
+CACHED = (
+    "fft_freeze_vision",
+    f"lora_r{ADAPTER_SIZE}_text",
+)  # also run with the feature cache, as ``NAME_cached``
 
 
 def tiny_config():

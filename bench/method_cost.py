@@ -117,7 +117,9 @@ def _peak_child(model_name: str, spec: tuple[str, dict], batch: int, threads: in
     queue.put(round((_vmhwm() - base) / 2**20, 1))
 
 
-def measure_peak(model_name: str, spec: tuple[str, dict], *, batch: int, threads: int) -> tuple[float | None, str]:
+def measure_peak(
+    model_name: str, spec: tuple[str, dict], *, batch: int, threads: int
+) -> tuple[float | None, str]:
     """(peak MB, "ok") from a fresh process, or (None, why) when the process died without an answer."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

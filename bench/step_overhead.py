@@ -25,7 +25,7 @@ def _data(processor, n: int, seed: int):
 
     from cxr_core.dataset import SplitData
     from cxr_core.labels import LABELS
-    from cxr_core.report import mini_report
+    from cxr_core.mini_report import mini_report
 
     rng = np.random.default_rng(seed)
     values = rng.choice([1.0, 0.0, -1.0, np.nan], size=(n, len(LABELS)), p=[0.2, 0.1, 0.05, 0.65])

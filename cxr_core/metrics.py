@@ -14,7 +14,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from cxr_core.errors import CxrError
 from cxr_core.labels import COMPETITION5, LABELS
-from cxr_core.report import parse_report
+from cxr_core.mini_report import parse_report
 
 UNCERTAIN_POLICIES = ("negative", "positive")
 

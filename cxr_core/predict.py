@@ -180,7 +180,7 @@ def predict(
     """
     import torch
 
-    from cxr_core.report import parse_report
+    from cxr_core.mini_report import parse_report
     from cxr_core.trial import uses_bf16
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -32,7 +32,7 @@ from cxr_core.errors import CxrError
 from cxr_core.images import DECODE_ERRORS, describe_error, read_image
 from cxr_core.labels import LABELS, canonical_label_columns
 from cxr_core.mimic import FRONTAL_VIEWS, SEED_COLUMNS, mimic_frame, table_path
-from cxr_core.report import NO_FINDING_SENTENCES, sentence
+from cxr_core.mini_report import NO_FINDING_SENTENCES, sentence
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
-from cxr_core.report import parse_report
+from cxr_core.mini_report import parse_report
 
 RECORDS_DIR = "records"  # inside a trial's folder: records/val_epoch001.npz, ...
 _NOT_MENTIONED = 2  # int8 code of NaN on disk

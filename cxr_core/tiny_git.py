@@ -49,7 +49,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from cxr_core.report import report_vocabulary
+from cxr_core.mini_report import report_vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from cxr_core.metrics import report_metrics
 from cxr_core.model import load_model, load_processor, parameter_counts
 from cxr_core.records import ImageRecords, image_records, records_name, save_records
 
-Report = Callable[[dict, "Path | None"], None]
+# What run_trial calls with each epoch's metrics and checkpoint folder (ray.tune.report inside a Tune trial).
+EpochCallback = Callable[[dict, "Path | None"], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -340,7 +341,7 @@ def _load_checkpoint(config: TrialConfig, model: torch.nn.Module, folder: Path) 
 def run_trial(
     config: dict | TrialConfig,
     *,
-    report: Report,
+    report: EpochCallback,
     resume_from: Path | None = None,
     records_dir: Path | None = None,
     name: str = "",

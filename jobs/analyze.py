@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from cxr_core import faults
     from cxr_core.errors import CxrError
-    from cxr_core.report_writer import default_out, write_report
+    from cxr_core.study_report import default_out, write_report
 
     if not args.margin >= 0:
         raise CxrError(f"--margin must be >= 0, got {args.margin}")
@@ -65,7 +65,7 @@ def main(argv=None) -> None:
             "previous report, if any, is intact: free space there (or pass --out another folder), then run the "
             "command again"
         ) from None
-    from cxr_core.report_writer import answer_lines, report_files
+    from cxr_core.study_report import answer_lines, report_files
 
     print(f"report written to {out}")
     print(report_files(out))

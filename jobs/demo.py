@@ -83,12 +83,12 @@ def main(argv=None) -> None:
     print(f"[demo] sweep done: {len(grid)} trials in {results}", flush=True)
 
     from cxr_core.evaluation import evaluate_best
-    from cxr_core.report_writer import default_out, write_report
+    from cxr_core.study_report import default_out, write_report
 
     print("[demo] scoring the configurations chosen on validation on the test split (once) ...", flush=True)
     evaluate_best(results, group_by="method", out=default_out(results))  # the sweep's own metric and mode
     report = write_report(results)
-    from cxr_core.report_writer import answer_lines, report_files
+    from cxr_core.study_report import answer_lines, report_files
 
     print(f"[demo] {report_files(report)}")
     print(f"[demo] finished in {_elapsed(start):.0f} s (set-up included); the answer:")

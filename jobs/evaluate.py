@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     from pathlib import Path
 
     from cxr_core.evaluation import evaluate_best
-    from cxr_core.report_writer import default_out
+    from cxr_core.study_report import default_out
 
     out = Path(args.out) if args.out else default_out(args.results)  # RESULTS/report, ./NAME-report for a URI
     table, per_label = evaluate_best(

@@ -638,7 +638,7 @@ def test_unknown_metric_leaves_the_previous_report(live):
 @pytest.mark.slow
 def test_failed_analysis_leaves_the_previous_report(live, monkeypatch):
     from cxr_core import plots
-    from cxr_core.report_writer import write_report
+    from cxr_core.study_report import write_report
 
     before = hashes(live["exp"] / "report")
 
@@ -674,8 +674,8 @@ def test_no_patient_data_in_the_results(live):
     baseline's text (the most frequent training report, a label template shared by many images, documented)."""
     from cxr_core.dataset import split_image_paths
     from cxr_core.labels import LABELS
+    from cxr_core.mini_report import sentence
     from cxr_core.prepare import read_split
-    from cxr_core.report import sentence
 
     sentences = [sentence(label, v).lower() for label in LABELS for v in (1.0, 0.0, -1.0)]
     baseline = json.loads((live["exp"] / "report" / "baseline.json").read_text())["report"].lower()

@@ -273,9 +273,9 @@ def _bad_images(folder: Path, good: list[str]) -> Path:
 
 def test_predict_skips_or_fails_on_bad_images_as_training_does(exported):
     from cxr_core.dataset import split_image_paths
+    from cxr_core.mini_report import parse_report
     from cxr_core.predict import find_images, load_exported, predict, read_settings
     from cxr_core.prepare import read_split
-    from cxr_core.report import parse_report
 
     good = split_image_paths(read_split(exported["splits"], "test"), exported["root"])[:2]
     folder = _bad_images(exported["tmp"] / "new", good)

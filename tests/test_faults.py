@@ -589,7 +589,7 @@ def test_second_driver_on_the_same_sweep_is_refused(terminated):
 
 @pytest.mark.slow
 def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
-    from cxr_core.report_writer import write_report
+    from cxr_core.study_report import write_report
     from cxr_core.tune_runner import results_frame
 
     resumed = terminated["resumed"]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
-from cxr_core.report import mini_report, parse_report, sentence
+from cxr_core.mini_report import mini_report, parse_report, sentence
 from cxr_core.space import CODE_KEYS, load_study
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

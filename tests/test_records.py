@@ -12,6 +12,7 @@ from cxr_core import bootstrap
 from cxr_core.errors import CxrError
 from cxr_core.labels import LABELS
 from cxr_core.metrics import report_metrics
+from cxr_core.mini_report import mini_report
 from cxr_core.records import (
     align,
     from_bytes,
@@ -22,7 +23,6 @@ from cxr_core.records import (
     take,
     to_bytes,
 )
-from cxr_core.report import mini_report
 
 
 def _labels(**values):

@@ -18,9 +18,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from safetensors import safe_open  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM  # noqa: E402
 
-from cxr_core import tiny_git  # noqa: E402
+from cxr_core import (
+    methods,  # noqa: E402
+    tiny_git,  # noqa: E402
+)
 from cxr_core.errors import CxrError  # noqa: E402
-from cxr_core import methods  # noqa: E402
 from cxr_core.model import (  # noqa: E402
     PRESETS,
     check_targets,

@@ -12,7 +12,7 @@ from sklearn.metrics import f1_score
 
 from cxr_core import analysis, plots
 from cxr_core.labels import LABELS
-from cxr_core.report import parse_report
+from cxr_core.mini_report import parse_report
 from tests.conftest import two_arm_sweep
 
 pytestmark = pytest.mark.slow

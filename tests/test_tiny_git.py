@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoProcessor, GitForCausalLM, Gi
 
 from cxr_core import tiny_git  # noqa: E402
 from cxr_core.labels import LABELS  # noqa: E402
-from cxr_core.report import mini_report, parse_report, report_vocabulary  # noqa: E402
+from cxr_core.mini_report import mini_report, parse_report, report_vocabulary  # noqa: E402
 
 FOLDER = tiny_git.embedded_model_path()
 

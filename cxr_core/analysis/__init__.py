@@ -44,7 +44,7 @@ from cxr_core.analysis.statistics import (
     ratio_interval,
 )
 from cxr_core.analysis.statistics import (
-    _isnan as _isnan,  # used by plots, export and report_writer
+    _isnan as _isnan,  # used by plots, export and study_report
 )
 from cxr_core.analysis.summary import summary_markdown, test_lines
 from cxr_core.analysis.tables import (

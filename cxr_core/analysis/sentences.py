@@ -400,7 +400,7 @@ def quality_cost_lines(
 ) -> list[str]:
     """A method's best configuration (``row``) against the reference's (``ref``, FFT): its share of the reference's
     quality (point value; the paired comparison carries the uncertainty) and its cost, as measured on this sweep's
-    model and as planned at the study's target scale (``planned``: :func:`cxr_core.report_writer.planned_cost`);
+    model and as planned at the study's target scale (``planned``: :func:`cxr_core.study_report.planned_cost`);
     ``explain`` adds which of the two to trust for what."""
     name, ref_name = _title(row), _title(ref)
     q_l, q_f = stat(row, f"best_{metric}")["mean"], stat(ref, f"best_{metric}")["mean"]

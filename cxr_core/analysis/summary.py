@@ -513,7 +513,7 @@ def summary_markdown(
         comparisons: :mod:`cxr_core.comparison`'s paired comparisons (None: seed-level sentences only).
         test_intervals: ``{group: {metric: interval dict}}`` on test from per-image records.
         planned: cost of each method's best configuration at the study's target scale (dry-run plan;
-            :func:`cxr_core.report_writer.planned_cost`).
+            :func:`cxr_core.study_report.planned_cost`).
         margin: the equivalence margin of the verdicts. sparse: labels with few positives on validation.
         n_boot: bootstrap resamples behind the intervals. epochs: the tidy per-epoch rows with ``config_id``
             (for the convergence check of the best configurations).

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cxr_core.labels import LABELS
-from cxr_core.report import mini_report, parse_report, report_vocabulary
+from cxr_core.mini_report import mini_report, parse_report, report_vocabulary
 
 
 def test_reproduces_seed_reports_and_parses_back(seed_sample):
