@@ -218,9 +218,10 @@ def main(argv=None) -> dict:
         for i, kind in enumerate(("cpu", "wall")):
             by_key[key][f"step_{kind}_s"] = round(statistics.median(s[i] for s in seconds), 4)
             by_key[key][f"step_{kind}_s_rounds"] = [round(s[i], 4) for s in seconds]
-    reference = by_key.get((models[0], "fft"), {})
+    ref = methods.reference().name  # FFT: the registry's reference method, whose plain configuration is its name
+    reference = by_key.get((models[0], ref), {})
     for r in rows:
-        fft = by_key.get((r["model"], "fft"), {})
+        fft = by_key.get((r["model"], ref), {})
         if r.get("peak_mem_mb") and fft.get("peak_mem_mb"):
             r["peak_mem_vs_fft"] = round(r["peak_mem_mb"] / fft["peak_mem_mb"], 3)
         if r.get("step_cpu_s") and fft.get("step_cpu_s"):
