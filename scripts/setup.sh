@@ -2,8 +2,8 @@
 # Creates .venv/ in the checkout and installs the project into it (idempotent, quick when done already).
 # Versions are pinned: every package comes at the exact version in requirements/lock.txt (docs/install.md says
 # how it is made and refreshed); CXR_LOCK= (empty) installs from pyproject.toml's ranges instead.
-# PyTorch is pinned here (not in the lock): torch==2.13.0, the CPU wheel on a machine without an NVIDIA GPU
-# (where one is on disk or on the index), pip's default CUDA build of the same version with one.
+# PyTorch is pinned here (not in the lock): torch==2.13.0 from the index pip is configured with (PyPI's Linux
+# wheel is the CUDA build; a CPU wheel index or local wheels give the CPU build).
 # Override with TORCH_SPEC="torch==X.Y.Z".
 set -euo pipefail
 cd "$(dirname "$0")/.."
