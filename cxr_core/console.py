@@ -1,11 +1,13 @@
 """What a sweep prints: a calm live table, one name per trial, and everything else in a log file.
 
 - :func:`trial_name`: the one name of a trial, everywhere (console, folder, TensorBoard, MLflow, report): the
-  readable configuration plus its seed, ``lora-text-r16-a32-lr0.005-s0``; Tune's id is kept beside it.
+  readable configuration plus its seed, ``lora-text-r16-a32-lr0.005-s0``; Tune's id is kept beside it. When the
+  space has more than one model (a ``grid_search`` over ``model``), the model comes first:
+  ``embedded-small-lora-text-r16-a32-lr0.005-s0``.
 - :class:`SweepReporter` (built by :func:`progress_reporter`): Tune's reporter, subclassed to print one short row
-  per trial, flat columns (arm, method, preset, shape settings, lr, seed | status, epoch, val_loss, the study's
-  metric and its best so far) and one progress line (done / running / pending / errored, elapsed, ETA), at most
-  every ``every`` seconds and when the sweep ends; it fits 120 columns.
+  per trial, flat columns (arm, model when there are several, method, preset, shape settings, lr, seed | status,
+  epoch, val_loss, the study's metric and its best so far) and one progress line (done / running / pending /
+  errored, elapsed, ETA), at most every ``every`` seconds and when the sweep ends; it fits 120 columns.
 - :func:`quiet_driver` / :func:`quiet_worker`: library warnings and Ray's info lines go to
   ``STORAGE/NAME/driver.log`` (the driver) or stay in Ray's worker logs (the trials), not the console; what
   matters to the user (an error, a skipped image, a failed trial with its error file) still reaches it.
@@ -33,15 +35,23 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def name_parts(arm: dict) -> list[tuple[str, str]]:
-    """The settings that tell a trial apart, as (column, value): method, its variant (preset), its shape
-    settings (rank, alpha, ...), lr, seed."""
+def model_label(name) -> str:
+    """A model as a trial name shows it: ``embedded``, ``embedded-small``, ``git-base`` (a hub id's or a folder's
+    last part), ``arch_git-large`` (``arch:git-large``, made safe)."""
+    text = str(name).rstrip("/")
+    return _SAFE.sub("_", text.rsplit("/", 1)[-1] or text)
+
+
+def name_parts(arm: dict, *, with_model: bool = False) -> list[tuple[str, str]]:
+    """The settings that tell a trial apart, as (column, value): the model (``with_model``: the space has more
+    than one), method, its variant (preset), its shape settings (rank, alpha, ...), lr, seed."""
     from cxr_core import methods
 
     flat = flat_params(arm)
     method = methods.find(flat.get("method")) or methods.reference()
     settings = method.from_arm(arm)
-    parts = [("method", method.name)]
+    parts = [("model", model_label(flat.get("model", "embedded")))] if with_model else []
+    parts += [("method", method.name)]
     variant = method.variant_value(settings)
     if variant is not None:
         parts.append(("preset", variant))
@@ -50,13 +60,15 @@ def name_parts(arm: dict) -> list[tuple[str, str]]:
     return parts
 
 
-def trial_name(arm: dict) -> str:
-    """``lora-text-r16-a32-lr0.005-s0``: the configuration and seed, safe as a folder name."""
+def trial_name(arm: dict, *, with_model: bool = False) -> str:
+    """``lora-text-r16-a32-lr0.005-s0``: the configuration and seed, safe as a folder name; ``with_model`` (a space
+    with more than one model) puts the model first, ``embedded-small-lora-text-r16-a32-lr0.005-s0``."""
     from cxr_core import methods
 
-    parts = dict(name_parts(arm))
+    parts = dict(name_parts(arm, with_model=with_model))
     method = methods.find(parts["method"]) or methods.reference()
-    pieces = [parts["method"]] + ([parts["preset"]] if "preset" in parts else [])
+    pieces = [parts["model"]] if with_model else []
+    pieces += [parts["method"]] + ([parts["preset"]] if "preset" in parts else [])
     pieces += [f"{short}{_fmt(value)}" for short, _, value in method.shape(method.from_arm(arm))]
     pieces += [f"lr{parts['lr']}", f"s{parts['seed']}"]
     return _SAFE.sub("_", "-".join(pieces))[:100]
@@ -100,10 +112,11 @@ def render_table(trials, *, metric: str, mode: str, began: float, best: dict) ->
     counts = {"TERMINATED": 0, "RUNNING": 0, "PENDING": 0, "ERROR": 0, "PAUSED": 0}
     rows, columns = [], ["arm"]
     durations = []
+    models = {model_label(flat_params(t.config.get("arm", {})).get("model", "embedded")) for t in trials}
     for trial in trials:
         counts[trial.status] = counts.get(trial.status, 0) + 1
         arm = trial.config.get("arm", {})
-        parts = name_parts(arm)
+        parts = name_parts(arm, with_model=len(models) > 1)  # a model column when the space has a model axis
         for key, _ in parts:
             if key not in columns:
                 columns.append(key)

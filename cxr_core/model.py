@@ -70,6 +70,11 @@ def _checked_model_path(name: str) -> str:
     path = resolve_model_name(name)
     if not name or not name.isprintable():
         raise CxrError(f"model name {name!r} is empty or holds control characters; give a folder or a hub id")
+    if name.startswith(EMBEDDED) and name not in EMBEDDED_SIZES and not Path(name).exists():
+        raise CxrError(
+            f"unknown embedded model {name!r}; use one of {', '.join(EMBEDDED_SIZES)} (or a hub id, a folder, "
+            "arch:git-base)"
+        )
     looks_local = (
         name in EMBEDDED_SIZES or name.startswith((".", "/", "~")) or Path(path).exists() or name.count("/") > 1
     )

@@ -19,7 +19,7 @@ from cxr_core.model import model_skeleton, parameter_counts
 
 # The method columns come from the registry: each method fills its own (FFT's freeze, LoRA's rank), the rest of a
 # row leaves them empty.
-PLAN_COLUMNS = ("trial", "arm", "method", *methods.plan_columns(), "lr", "seed", "trainable_params",
+PLAN_COLUMNS = ("trial", "arm", "model", "method", *methods.plan_columns(), "lr", "seed", "trainable_params",
                 "total_params", "trainable_pct", "est_train_memory_mb", "est_train_memory_mb_bf16")  # fmt: skip
 
 
@@ -29,7 +29,9 @@ def estimated_memory_mb(trainable: int, total: int, *, dtype: str = "fp32") -> f
 
 
 def plan_table(configs: list[dict], *, model: str | None = None) -> pd.DataFrame:
-    """One row per resolved trial config (see :data:`PLAN_COLUMNS`); ``model`` overrides every trial's.
+    """One row per resolved trial config (see :data:`PLAN_COLUMNS`); ``model`` overrides every trial's. Each row
+    names its trial's model: a space with a model axis (``model: {grid_search: [...]}``) plans each model's rows
+    with that model's own counts and memory.
 
     A method's columns (:attr:`cxr_core.methods.Method.plan_keys`) are filled on its own rows only: FFT's
     ``freeze`` is blank on a LoRA row, LoRA's rank on an FFT row.
@@ -38,12 +40,13 @@ def plan_table(configs: list[dict], *, model: str | None = None) -> pd.DataFrame
     for i, raw in enumerate(configs):
         cfg = trial_config({**raw, "model": model} if model else raw)
         method = cfg.adaptation
-        built = method.wrap(model_skeleton(cfg.model), cfg.method_settings)
+        built = method.wrap(model_skeleton(cfg.model), cfg.method_settings)  # a fresh skeleton: wrap changes it
         trainable, total = parameter_counts(built)
         rows.append(
             {
                 "trial": i,
                 "arm": cfg.name,
+                "model": cfg.model,
                 "method": cfg.method,
                 **method.plan_row(method.from_arm(to_dict(cfg))),
                 "lr": cfg.train.lr,

@@ -180,6 +180,29 @@ class Study:
     search: dict = field(default_factory=lambda: {"algorithm": "variants"})
 
 
+def study_models(study: Study) -> list[str]:
+    """Every model a study's trials use, first seen first: one, or each entry of a ``grid_search`` or ``choice``
+    over ``model`` (the model as an axis of the search space, at the top level or per arm)."""
+    from cxr_core.config import TrialBase
+
+    out: list[str] = []
+    for arm in study.arms:
+        node = arm.spec.get("model", TrialBase.model)
+        for value in node.corners() if isinstance(node, Dist) else [node]:
+            if value not in out:
+                out.append(value)
+    return out
+
+
+def _model_key(study: Study, model) -> str:
+    """How an error names a model: `` `model` `` when set alone, its grid entry when it is one of several."""
+    for arm in study.arms:
+        node = arm.spec.get("model")
+        if isinstance(node, Dist) and model in node.args:
+            return f"`model` {node.kind} entry {model!r} of {list(node.args)!r}"
+    return "`model`"
+
+
 def _fail(path: str, key: str, value, fix: str) -> CxrError:
     return CxrError(f"`{key}` = {value!r}: {fix} (in {path})")
 
@@ -249,6 +272,9 @@ def _absolute_paths(spec: dict) -> dict:
     model = spec.get("model")
     if isinstance(model, str) and model.startswith((".", "/", "~")):
         spec["model"] = _absolute(model)
+    elif isinstance(model, Dist) and model.kind in ("grid_search", "choice"):  # a model axis: each folder entry
+        local = lambda v: isinstance(v, str) and v.startswith((".", "/", "~"))  # noqa: E731
+        spec["model"] = Dist(model.kind, tuple(_absolute(v) if local(v) else v for v in model.args))
     return spec
 
 
@@ -516,16 +542,18 @@ def validate_study(study: Study, *, check_paths: bool = True) -> list[TrialConfi
                 )
     from cxr_core.model import check_targets  # imports torch: only once the file itself is sound
 
-    for model in sorted({cfg.model for cfg in checked}):
+    models = list(dict.fromkeys(cfg.model for cfg in checked))  # each model once, a model grid's in its order
+    for model in models:
         try:
             check_targets(model, "all_linear")  # the model itself: a missing folder fails here
         except CxrError as exc:
-            raise CxrError(f"`model`: {exc} (in {study.path})") from None
-    for cfg in checked:  # each method checks its settings against the model (LoRA's target modules, ...)
+            raise CxrError(f"{_model_key(study, model)}: {exc} (in {study.path})") from None
+    for cfg in checked:  # each method checks its settings against each model (LoRA's target modules, ...)
         try:
             cfg.adaptation.check_model(cfg.model, cfg.method_settings)
         except CxrError as exc:
-            raise CxrError(f"arm {cfg.name}: {exc} (in {study.path})") from None
+            on = f" on model {cfg.model}" if len(models) > 1 else ""  # which model of the grid lacks the layer
+            raise CxrError(f"arm {cfg.name}{on}: {exc} (in {study.path})") from None
     return checked
 
 

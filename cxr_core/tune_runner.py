@@ -6,6 +6,7 @@ distributions nested inside each arm, so each method gets its own ranges. Resour
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cxr_core.errors import CxrError, lookup
 from cxr_core.records import RECORDS_DIR
-from cxr_core.space import DISTRIBUTIONS, Dist, Study, build_scheduler
+from cxr_core.space import DISTRIBUTIONS, Dist, Study, build_scheduler, study_models
 
 
 def _to_tune(node):
@@ -266,12 +267,13 @@ def _resources(config: dict) -> dict:
     return {"cpu": float(res.get("cpu", 1)), "gpu": float(res.get("gpu", 0))}
 
 
-def _trial_name(trial) -> str:
+def _trial_name(trial, with_model: bool = False) -> str:
     """A trial's one name (console, folder, TensorBoard, MLflow, report): its configuration and seed, then Tune's
-    id, ``lora-text-r16-a32-lr0.005-s0_c1f95_00012`` (:func:`cxr_core.console.trial_name`)."""
+    id, ``lora-text-r16-a32-lr0.005-s0_c1f95_00012`` (:func:`cxr_core.console.trial_name`); ``with_model`` (a
+    study with more than one model) puts the model first, ``embedded-small-lora-text-...``."""
     from cxr_core.console import trial_name
 
-    return f"{trial_name(trial.config.get('arm', {}))}_{trial.trial_id}"
+    return f"{trial_name(trial.config.get('arm', {}), with_model=with_model)}_{trial.trial_id}"
 
 
 def init_ray(
@@ -371,6 +373,8 @@ def run_study(
     if "://" not in storage:
         storage = str(Path(storage).resolve())
     name = name or study.name
+    # A study over several models names each trial's model (a partial, not a closure: Tune pickles it).
+    namer = functools.partial(_trial_name, with_model=len(study_models(study)) > 1)
     keep = max(int(arm.spec.get("keep_checkpoints", 1) or 1) for arm in study.arms)
     optuna = study.search.get("algorithm") == "optuna"
     # Tune's JSON logger drops results when it restarts a failed trial: KeepNewestJsonLogger does not.
@@ -397,8 +401,8 @@ def run_study(
             num_samples=sum(arm.num_samples for arm in study.arms) if optuna else 1,
             scheduler=build_scheduler(study.scheduler),
             max_concurrent_trials=study.max_concurrent_trials or None,
-            trial_dirname_creator=_trial_name,
-            trial_name_creator=_trial_name,
+            trial_dirname_creator=namer,
+            trial_name_creator=namer,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -184,9 +184,12 @@ def dry_run(study, *, out: str) -> None:
         raise CxrError(
             f"cannot write the plan to {out} ({exc.strerror or exc}); pass --plan-out a writable file"
         ) from None
-    shown = table.drop(columns=["arm"])
+    models = list(dict.fromkeys(table["model"]))
+    # The model column only when the space has a model axis; one model is named once, at the end.
+    shown = table.drop(columns=["arm"] if len(models) > 1 else ["arm", "model"])
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"{len(table)} trials planned, nothing trained; plan written to {out}")
+    per_model = ", ".join(f"{int((table['model'] == m).sum())} on {m}" for m in models)
+    print(f"{len(table)} trials planned, nothing trained ({per_model}); plan written to {out}")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,15 @@ SWEEP_ROWS = [
         ["`model`: model folder", "no-such-model holds no config.json", "a hub id such as microsoft/git-base"],
     ),
     (
+        "model_grid_entry_unknown",
+        ("model: embedded", "model: {grid_search: [embedded, embedded-large]}"),
+        [],
+        [
+            "`model` grid_search entry 'embedded-large' of ['embedded', 'embedded-large']: unknown embedded model "
+            "'embedded-large'; use one of embedded, embedded-small"
+        ],
+    ),
+    (
         "hub_model_not_cached",
         None,
         ["--set", "model=nobody/no-such-git"],

@@ -1,5 +1,6 @@
 """Search-space loading and validation, without training."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -34,12 +35,24 @@ arms:
 """
 
 
+def arch_overrides(path: Path) -> list[str]:
+    """``--set model=...`` that plans a space naming hub models offline: each hub GIT by its architecture (random
+    weights, the same module names and counts), a grid over several as a grid."""
+    code = "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+    hub = list(dict.fromkeys(re.findall(r"microsoft/(git-base|git-large)", code)))
+    if not hub:
+        return []
+    if len(hub) == 1:
+        return [f"model=arch:{hub[0]}"]
+    return ["model={grid_search: [" + ", ".join(f"arch:{h}" for h in hub) + "]}"]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_spaces_load_and_validate(path, monkeypatch):
     monkeypatch.chdir(REPO)
     # Data folders are the user's (checked at run time); module names are checked against the model's
     # real layout: the embedded model, or git-base's architecture for spaces that name a hub model.
-    overrides = ["model=arch:git-base"] if "model: microsoft/" in path.read_text() else []
+    overrides = arch_overrides(path)
     study = load_study(path, overrides=overrides, check_paths=False)
     assert study.arms and {a.spec["method"] for a in study.arms} <= {"fft", "lora", "ia3"}
     text = path.read_text()
@@ -103,6 +116,65 @@ def test_fft_lora_ia3_design_and_its_dry_run_plan(small_data, tmp_path, monkeypa
     assert set(ia3["freeze"]) == {""} and set(ia3["r"]) == {""} and set(ia3["lora_alpha"]) == {""}
     assert set(plan.loc[plan["method"] == "lora", "freeze"]) == {""}
     assert set(plan.loc[plan["method"] == "fft", "target_modules"]) == {""}
+
+
+def test_model_scale_design_and_its_dry_run_plans_every_model(small_data, tmp_path, monkeypatch, capsys):
+    """model_scale.yaml: both embedded sizes as an axis, FFT at four learning rates and LoRA (r=16, text) at three
+    of its own, 3 seeds: 42 trials; its dry run plans each model's trials with that model's exact counts. The GPU
+    variant plans git-base and git-large (offline, by their architectures) with theirs."""
+    from cxr_core.space import study_models
+    from cxr_core.tune_runner import resolved_trials
+    from jobs.sweep import main
+    from tests.test_small_git import SMALL_PARAMETERS, lora
+
+    monkeypatch.chdir(REPO)
+    space = REPO / "search_spaces/model_scale.yaml"
+    study = load_study(space, check_paths=False)
+    assert study_models(study) == ["embedded", "embedded-small"]
+    trials = resolved_trials(study)
+    assert len(trials) == 42 and sorted({t["train"]["seed"] for t in trials}) == [0, 1, 2]
+    grid: dict = {}
+    for t in trials:
+        grid.setdefault((t["model"], t["method"]), set()).add(t["train"]["lr"])
+    for model in ("embedded", "embedded-small"):
+        assert sorted(grid[(model, "fft")]) == [1e-4, 3e-4, 1e-3, 3e-3]
+        assert sorted(grid[(model, "lora")]) == [1.5e-3, 5e-3, 1.5e-2]
+    assert {(t["lora"]["r"], t["lora"]["target_modules"]) for t in trials if t["method"] == "lora"} == {
+        (16, "text")
+    }
+
+    root, splits = small_data  # a dry run checks the data as a real sweep does: point it at data that exist
+    data = ["--set", f"data.split_dir={splits}", "--set", f"data.image_root={root}", "--set", "train.seed=0"]
+    out = tmp_path / "plan.csv"
+    main([str(space), "--dry-run", "--plan-out", str(out), *data])
+    assert "14 trials planned, nothing trained (7 on embedded, 7 on embedded-small)" in capsys.readouterr().out
+    plan = pd.read_csv(out, keep_default_na=False)
+    counts = plan.groupby(["model", "method"])["trainable_params"].agg(set).to_dict()
+    text_lora = {size: layers * (4 * lora(w, w, 16) + lora(w, 4 * w, 16) + lora(4 * w, w, 16))
+                 for size, w, layers in (("embedded", 128, 2), ("embedded-small", 256, 3))}  # fmt: skip
+    assert counts == {
+        ("embedded", "fft"): {935_526}, ("embedded-small", "fft"): {SMALL_PARAMETERS},
+        ("embedded", "lora"): {text_lora["embedded"]}, ("embedded-small", "lora"): {text_lora["embedded-small"]},
+    }  # fmt: skip
+    assert text_lora == {"embedded": 73_728, "embedded-small": 221_184}
+
+    gpu = REPO / "search_spaces/model_scale_gpu.yaml"
+    assert study_models(load_study(gpu, overrides=arch_overrides(gpu), check_paths=False)) == [
+        "arch:git-base", "arch:git-large"
+    ]  # fmt: skip
+    main([str(gpu), "--dry-run", "--plan-out", str(out), *data, *(["--set", arch_overrides(gpu)[0]])])
+    assert (
+        "12 trials planned, nothing trained (6 on arch:git-base, 6 on arch:git-large)"
+        in capsys.readouterr().out
+    )
+    plan = pd.read_csv(out, keep_default_na=False)
+    fft = plan[plan["method"] == "fft"].groupby("model")["trainable_params"].agg(set).to_dict()
+    assert fft == {"arch:git-base": {176_619_066}, "arch:git-large": {394_196_026}}  # docs/benchmarks.md
+    lora_counts = plan[plan["method"] == "lora"].groupby("model")["trainable_params"].agg(set).to_dict()
+    assert lora_counts == {
+        "arch:git-base": {2 * 2_002_944},
+        "arch:git-large": {2 * 4_216_832},
+    }  # r=16: twice r=8's
 
 
 def test_arms_expand_with_own_ranges(tmp_path):
