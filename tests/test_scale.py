@@ -269,3 +269,29 @@ def test_model_scale_diagram(tmp_path, two_models):
     drawn = plots.draw_all(epochs, configs, tmp_path, metric=METRIC, mode="max")
     assert drawn["model_scale.png"].startswith("validation label_f1_micro, trainable params")
     _nontrivial(tmp_path / "model_scale.png")  # (a one-model report lists no such diagram: test_analysis's set)
+
+
+def test_the_headline_compares_methods_on_the_largest_model_only():
+    """In a sweep over two models, the best configuration per method (verdict, comparisons, jobs.evaluate,
+    jobs.export) is chosen among the largest model's configurations, even where the other model scores higher,
+    so that LoRA is never compared with FFT on another model; a one-model sweep is untouched."""
+    import pandas as pd
+
+    from cxr_core.analysis.tables import best_config_per, headline_pool, largest_model
+
+    configs = pd.DataFrame({
+        "config_id": ["fft tiny", "lora tiny", "fft small", "lora small"],
+        "config/method": ["fft", "lora", "fft", "lora"],
+        "config/model": ["embedded", "embedded", "embedded-small", "embedded-small"],
+        "best_label_f1_micro_mean": [0.50, 0.70, 0.45, 0.40],
+        "n_seeds": [3, 3, 3, 3],
+        "total_params_mean": [935_526, 1_009_254, 5_055_974, 5_277_158],
+    })  # fmt: skip
+    assert largest_model(configs) == "embedded-small"
+    best = best_config_per(configs, "config/method", metric="label_f1_micro", mode="max")
+    assert best["config_id"].tolist() == ["fft small", "lora small"]
+    one = configs[configs["config/model"] == "embedded"]
+    assert largest_model(one) is None and headline_pool(one) is one
+    assert best_config_per(one, "config/method", metric="label_f1_micro", mode="max")["config_id"].tolist() == [
+        "fft tiny", "lora tiny"
+    ]  # fmt: skip

@@ -334,6 +334,9 @@ def scale_section(scale: Scale | None, *, metric: str) -> list[str]:
         f"{len(sizes)} models: {names}. Each model's best configuration of each method is chosen on validation "
         f"`{metric}` among that model's configurations only (so each method's learning rate is tuned per model); "
         f"quality and cost are shares of the same model's best {ref} configuration's (means over seeds). "
+        f"The verdict and comparisons above, the test evaluation (`jobs.evaluate`) and the export compare the "
+        f"methods on the largest model, {sizes['model'].iloc[-1]}, so that a method is never compared with another "
+        "on a different model. "
     )
     if scale.n_boot:
         text += (

@@ -235,10 +235,37 @@ def stat(row, col: str) -> dict:
     return {k: row.get(f"{col}_{k}", math.nan) for k in ("mean", "std", "n", "lo", "hi", "min", "max")}
 
 
+def largest_model(configs: pd.DataFrame) -> str | None:
+    """In a sweep over two or more models (``config/model``), the one with the most parameters (the smallest mean
+    ``total_params`` among its configurations with results: FFT's count; ties by name; a model without a count
+    sorts last, as in the "Across model scales" section); None for a sweep over one model."""
+    if "config/model" not in configs:
+        return None
+    done = configs[configs["config/model"].notna()]
+    if "n_seeds" in done:
+        done = done[done["n_seeds"] > 0]
+    if done["config/model"].astype(str).nunique() < 2:
+        return None
+    params = pd.to_numeric(done.get("total_params_mean", pd.Series(math.nan, index=done.index)), errors="coerce")
+    size = params.groupby(done["config/model"].astype(str)).min()
+    # The order of the "Across model scales" section (cxr_core.analysis.scale.models): by size, unknown sizes last.
+    return str(sorted(size.index, key=lambda m: (_isnan(size[m]), 0.0 if _isnan(size[m]) else size[m], m))[-1])
+
+
+def headline_pool(configs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations the sweep's headline compares: all of them, or in a sweep over several models only the
+    largest model's (:func:`largest_model`, the one nearest the study's target scale), so that methods are always
+    compared on the same model; every model's own comparison is the report's "Across model scales" section."""
+    model = largest_model(configs)
+    return configs if model is None else configs[configs["config/model"].astype(str) == model]
+
+
 def best_config_per(configs: pd.DataFrame, key: str, *, metric: str, mode: str) -> pd.DataFrame:
     """The best configuration of each value of ``key`` (``config/method`` or ``variant``) by the mean over
-    seeds of ``best_<metric>`` (validation). Ties go to the configuration with more seeds."""
+    seeds of ``best_<metric>`` (validation), among :func:`headline_pool` (in a sweep over several models, the
+    largest model's). Ties go to the configuration with more seeds."""
     col = f"best_{metric}_mean"
+    configs = headline_pool(configs) if key != "config/model" else configs
     done = configs.dropna(subset=[col]) if col in configs else configs.iloc[0:0]
     if done.empty:
         return done
