@@ -218,7 +218,8 @@ def main(argv=None) -> dict:
         for i, kind in enumerate(("cpu", "wall")):
             by_key[key][f"step_{kind}_s"] = round(statistics.median(s[i] for s in seconds), 4)
             by_key[key][f"step_{kind}_s_rounds"] = [round(s[i], 4) for s in seconds]
-    ref = methods.reference().name  # FFT: the registry's reference method, whose plain configuration is its name
+    # FFT: the registry's reference method, whose plain configuration is named after it.
+    ref = methods.reference().name
     reference = by_key.get((models[0], ref), {})
     for r in rows:
         fft = by_key.get((r["model"], ref), {})

@@ -246,7 +246,9 @@ def largest_model(configs: pd.DataFrame) -> str | None:
         done = done[done["n_seeds"] > 0]
     if done["config/model"].astype(str).nunique() < 2:
         return None
-    params = pd.to_numeric(done.get("total_params_mean", pd.Series(math.nan, index=done.index)), errors="coerce")
+    params = pd.to_numeric(
+        done.get("total_params_mean", pd.Series(math.nan, index=done.index)), errors="coerce"
+    )
     size = params.groupby(done["config/model"].astype(str)).min()
     # The order of the "Across model scales" section (cxr_core.analysis.scale.models): by size, unknown sizes last.
     return str(sorted(size.index, key=lambda m: (_isnan(size[m]), 0.0 if _isnan(size[m]) else size[m], m))[-1])
