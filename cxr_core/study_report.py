@@ -300,7 +300,8 @@ def write_report(
 def answer_lines(report: Path, metric: str | None = None) -> list[str]:
     """The study's answer in a few lines, from a written report folder: the paired verdicts of each method's best
     against FFT's (test, then validation) on ``metric`` (default: the one the report chose by, objective.json),
-    each method's share of FFT's quality and its cost (measured here and planned at git-base)."""
+    each method's share of FFT's quality and its cost (measured here and planned at git-base); in a sweep over
+    several models, whether each method's gap to FFT changes with scale."""
     if metric is None:
         metric = json.loads((Path(report) / "objective.json").read_text())["metric"]
     lines = []
@@ -315,6 +316,11 @@ def answer_lines(report: Path, metric: str | None = None) -> list[str]:
     for line in text.splitlines():
         if line.startswith(starts):
             lines.append(line[2:].split(" For what the methods cost")[0])
+    # A sweep over several models: whether each method's gap to FFT changes with scale (its last sentences).
+    summary = (Path(report) / "summary.md").read_text()
+    if "\n## Across model scales\n" in summary:
+        scale = summary.split("\n## Across model scales\n", 1)[1].split("\n## ", 1)[0]
+        lines += [line[2:] for line in scale.splitlines() if line.startswith("- The gap ")]
     return lines
 
 

@@ -295,3 +295,21 @@ def test_the_headline_compares_methods_on_the_largest_model_only():
     assert best_config_per(one, "config/method", metric="label_f1_micro", mode="max")["config_id"].tolist() == [
         "fft tiny", "lora tiny"
     ]  # fmt: skip
+
+
+def test_the_printed_answer_of_a_multi_model_report_ends_with_the_gap_sentence(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from cxr_core.study_report import answer_lines
+
+    gap = "The gap (LoRA/FFT ratio of validation label_f1_micro) narrows with scale: from 70% to 92%."
+    (tmp_path / "objective.json").write_text(json.dumps({"metric": "label_f1_micro", "mode": "max"}))
+    pd.DataFrame({"kind": ["lora_vs_fft"], "metric": ["label_f1_micro"], "split": ["val"],
+                  "sentence": ["LoRA is worse than FFT."]}).to_csv(tmp_path / "comparisons.csv", index=False)  # fmt: skip
+    summary = "# S\n\n## Verdict\n\n- x\n\n## Across model scales\n\nintro\n\n- At embedded: 70%.\n- {}\n\n## Protocol\n"
+    (tmp_path / "summary.md").write_text(summary.format(gap))
+    assert answer_lines(tmp_path) == ["LoRA is worse than FFT.", gap]
+    (tmp_path / "summary.md").write_text("# S\n\n## Verdict\n\n- x\n\n## Protocol\n\n- The gap is not here.\n")
+    assert answer_lines(tmp_path) == ["LoRA is worse than FFT."]
