@@ -48,20 +48,22 @@ defaults:
 arms:
   - name: fft
     method: fft
-    train: {{lr: 1.0e-5, seed: {{grid_search: [0, 1]}}}}
+    train: {{lr: 1.0e-5, seed: {{grid_search: {seeds}}}}}
     resources: {{cpu: {cpu}, gpu: {fft_gpu}}}
   - name: lora
     method: lora
     lora: {{r: 16, alpha: 32, target_modules: {{grid_search: [text, all_linear]}}}}
-    train: {{lr: 1.0e-4, seed: {{grid_search: [0, 1]}}}}
+    train: {{lr: 1.0e-4, seed: {{grid_search: {seeds}}}}}
     resources: {{cpu: {cpu}, gpu: {lora_gpu}}}
 """
-# Per mode: synthetic patients, images per trial, batch sizes, generated tokens, threads and resources per trial.
+# Per mode: synthetic patients, images per trial, batch sizes, generated tokens, threads, resources per trial and
+# seeds (full: 2 FFT + 4 LoRA trials, so LoRA packs two per GPU; tiny: one trial per arm and preset, the same
+# steps in half the suite's time).
 SETTINGS = {
     "full": {"patients": 240, "max_train": 0, "max_val": 128, "batch": 64, "eval_batch": 128, "tokens": 32,
-             "threads": 2, "cpu": 2, "fft_gpu": 1, "lora_gpu": 0.5},
+             "threads": 2, "cpu": 2, "fft_gpu": 1, "lora_gpu": 0.5, "seeds": [0, 1]},
     "tiny": {"patients": 40, "max_train": 8, "max_val": 4, "batch": 8, "eval_batch": 4, "tokens": 4,
-             "threads": 1, "cpu": 1, "fft_gpu": 0, "lora_gpu": 0},
+             "threads": 1, "cpu": 1, "fft_gpu": 0, "lora_gpu": 0, "seeds": [0]},
 }  # fmt: skip
 
 
@@ -124,7 +126,8 @@ def make_data(out: Path, mode: str) -> tuple[Path, Path]:
 
 
 def run_sweep(out: Path, mode: str, model: str, root: Path, splits: Path) -> tuple[Path, str, float]:
-    """The 6-trial sweep through ``jobs.sweep`` (``--require-gpu`` on a GPU); its folder, console and seconds."""
+    """The sweep through ``jobs.sweep`` (6 trials with ``--require-gpu`` on a GPU, 3 at tiny size); its folder,
+    console and seconds."""
     settings = SETTINGS[mode]
     what = "6 trials of git-base (random weights) at 224 px" if mode == "full" else "the CPU check at tiny size"
     space = out / f"space-{mode}.yaml"

@@ -7,7 +7,7 @@ import pytest
 
 from cxr_core import methods
 from cxr_core.errors import CxrError
-from cxr_core.model import load_model, parameter_counts, resolve_targets
+from cxr_core.model import load_model, model_skeleton, parameter_counts, resolve_targets
 
 H, MLP = 768, 3072  # git-base: ViT-B/16 and BERT-base decoder share these widths
 
