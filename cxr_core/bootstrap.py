@@ -290,6 +290,12 @@ def _bounds(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _drawn(truth, records: SeedRecords, *, metric: str, uncertain: str, resampler: Resampler, stream: int):
+    """(the configuration's side, its two-level statistic on each resample of ``stream``)."""
+    side = _side(truth, records, metric=metric, uncertain=uncertain, resampler=resampler)
+    return side, _two_level(side.boot, resampler.seed_draws(records.n_seeds, stream=stream))
+
+
 # ---------------------------------------------------------------- public statistics
 
 
@@ -319,8 +325,7 @@ def interval(
         ``{metric, mean, lo, hi, confidence, n_seeds, n_images, seed_min, seed_max}``: ``mean`` is
         :func:`point`; ``seed_min`` / ``seed_max`` are the per-seed values on all images.
     """
-    side = _side(truth, records, metric=metric, uncertain=uncertain, resampler=resampler)
-    stat = _two_level(side.boot, resampler.seed_draws(records.n_seeds, stream=stream))
+    side, stat = _drawn(truth, records, metric=metric, uncertain=uncertain, resampler=resampler, stream=stream)
     lo, hi = _bounds(stat, confidence)
     return {"metric": metric, "mean": float(side.per_seed.mean()), "lo": lo, "hi": hi, "confidence": confidence,
             "n_seeds": records.n_seeds, "n_images": records.n_images,
@@ -340,8 +345,7 @@ def resampled(
     :func:`interval` (same ``stream``, same values). Ratios and differences of several configurations computed
     resample by resample from these, all drawn with one :class:`Resampler` and each on its own stream, are paired
     over the images and independent over the seeds, as :func:`compare` is."""
-    side = _side(truth, records, metric=metric, uncertain=uncertain, resampler=resampler)
-    return _two_level(side.boot, resampler.seed_draws(records.n_seeds, stream=stream))
+    return _drawn(truth, records, metric=metric, uncertain=uncertain, resampler=resampler, stream=stream)[1]
 
 
 def percentile_interval(values: np.ndarray, *, confidence: float = 0.95) -> tuple[float, float]:

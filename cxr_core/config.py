@@ -31,6 +31,12 @@ SCHEDULES = {"cosine": _cosine, "constant": _constant}
 # ``train.sampling``: name -> whether an epoch draws its images by repeat factor (cxr_core.dataset.sample_weights)
 # instead of each image once. Validation and the trial's epoch (cxr_core.trial.train_epoch) both use this table.
 SAMPLINGS = {"uniform": False, "repeat_factor": True}
+# How to fix a trial that requires a GPU (``resources.require_gpu``, ``--require-gpu``) where torch sees none:
+# the end of the driver's and the trial's error lines.
+REQUIRE_GPU_FIX = (
+    "run it where torch sees a GPU (torch's CUDA build: pip installs it from PyPI on Linux; scripts/gpu_check.sh "
+    "checks it), set resources.gpu = 0, or drop --require-gpu (resources.require_gpu) to train on the CPU"
+)
 PRECISIONS = ("auto", "fp32", "bf16")
 IMAGE_POLICIES = ("skip", "error")
 

@@ -311,16 +311,17 @@ def answer_lines(report: Path, metric: str | None = None) -> list[str]:
     ]
     for split in ("test", "val"):
         lines += main[main["split"] == split]["sentence"].tolist()
-    text = (Path(report) / "summary.md").read_text().split("## Verdict", 1)[-1].split("\n## ", 1)[0]
-    starts = tuple(f"- The best {m.title} configuration" for m in methods.compared()) + ("- Planned at",)
-    for line in text.splitlines():
-        if line.startswith(starts):
-            lines.append(line[2:].split(" For what the methods cost")[0])
-    # A sweep over several models: whether each method's gap to FFT changes with scale (its last sentences).
     summary = (Path(report) / "summary.md").read_text()
-    if "\n## Across model scales\n" in summary:
-        scale = summary.split("\n## Across model scales\n", 1)[1].split("\n## ", 1)[0]
-        lines += [line[2:] for line in scale.splitlines() if line.startswith("- The gap ")]
+
+    def section(title: str) -> list[str]:
+        """The lines of the summary's section ``title`` (none when it has no such section)."""
+        head = f"\n## {title}\n"
+        return summary.split(head, 1)[1].split("\n## ", 1)[0].splitlines() if head in summary else []
+
+    starts = tuple(f"- The best {m.title} configuration" for m in methods.compared()) + ("- Planned at",)
+    lines += [x[2:].split(" For what the methods cost")[0] for x in section("Verdict") if x.startswith(starts)]
+    # A sweep over several models: whether each method's gap to FFT changes with scale (its last sentences).
+    lines += [x[2:] for x in section("Across model scales") if x.startswith("- The gap ")]
     return lines
 
 

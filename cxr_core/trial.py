@@ -26,7 +26,7 @@ import torch
 
 from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
-from cxr_core.config import SAMPLINGS, SCHEDULES, TrialConfig, to_dict, trial_config
+from cxr_core.config import REQUIRE_GPU_FIX, SAMPLINGS, SCHEDULES, TrialConfig, to_dict, trial_config
 from cxr_core.dataset import SplitData, batches, load_split, sample_weights
 from cxr_core.errors import CxrError, lookup
 from cxr_core.faults import naming_full_disk
@@ -365,9 +365,7 @@ def run_trial(
     cfg = config if isinstance(config, TrialConfig) else trial_config(config)
     fallback = gpu_fallback(cfg, name)
     if fallback and cfg.resources.require_gpu:  # before any data or model is loaded
-        raise CxrError(f"{fallback}; run it where torch sees a GPU (scripts/setup.sh installs the CUDA build on a "
-                       "machine with an NVIDIA GPU), or drop resources.require_gpu / --require-gpu to train on "
-                       "the CPU")  # fmt: skip
+        raise CxrError(f"{fallback}; {REQUIRE_GPU_FIX}")
     wall_start = time.perf_counter()
     meter = MemoryMeter(device_for(cfg))
     s = setup(cfg, meter=meter, resume_from=resume_from)

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from cxr_core.config import REQUIRE_GPU_FIX
 from cxr_core.errors import CxrError, lookup
 from cxr_core.records import RECORDS_DIR
 from cxr_core.space import DISTRIBUTIONS, Dist, Study, build_scheduler, study_models
@@ -141,11 +142,6 @@ def _gpu_arms(study: Study) -> list[tuple[str, float]]:
     return out
 
 
-_REQUIRE_FIX = ("run it where torch sees a GPU (scripts/setup.sh installs the CUDA build on a machine with an "
-                "NVIDIA GPU), set resources.gpu = 0, or drop --require-gpu (resources.require_gpu) to train on "
-                "the CPU")  # fmt: skip
-
-
 def _torch_text() -> str:
     import torch
 
@@ -170,7 +166,7 @@ def check_local_gpus(study: Study) -> None:
         return
     named = ", ".join(f"arm {name} (resources.gpu = {gpu:g})" for name, gpu in arms)
     raise CxrError(f"{named}: GPU required (--require-gpu) but CUDA is unavailable on this machine "
-                   f"({_torch_text()}); {_REQUIRE_FIX} (in {study.path})")  # fmt: skip
+                   f"({_torch_text()}); {REQUIRE_GPU_FIX} (in {study.path})")  # fmt: skip
 
 
 def _cuda_probe() -> dict:
@@ -225,7 +221,7 @@ def probe_cluster_gpus(study: Study, *, address: str, timeout: float = 120.0) ->
     if bad:
         where = ", ".join(f"node {s['ip']} (GPU ids {','.join(s['ids']) or 'none'}; {s['torch']})" for s in bad)
         raise CxrError(f"{named}: GPU required (--require-gpu) but CUDA is unavailable on {len(bad)} of the "
-                       f"cluster's {len(seen)} GPU node(s): {where}; {_REQUIRE_FIX} (in {study.path})")  # fmt: skip
+                       f"cluster's {len(seen)} GPU node(s): {where}; {REQUIRE_GPU_FIX} (in {study.path})")  # fmt: skip
 
 
 def gpu_fallback_line(grid) -> str | None:
