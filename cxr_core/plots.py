@@ -34,7 +34,8 @@ from matplotlib.transforms import offset_copy  # noqa: E402
 from cxr_core import analysis  # noqa: E402
 from cxr_core import methods as registry  # noqa: E402
 from cxr_core.analysis import LR, METHOD, best_config_per, variant_label  # noqa: E402
-from cxr_core.analysis.scale import best_per_model, models  # noqa: E402
+from cxr_core.analysis.scale import best_per_model  # noqa: E402
+from cxr_core.analysis.tables import models  # noqa: E402
 from cxr_core.comparison import CONFIG_VS_REFERENCE, PRESET_VS_REFERENCE, reference_kinds  # noqa: E402
 from cxr_core.labels import LABELS  # noqa: E402
 

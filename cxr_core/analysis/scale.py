@@ -26,11 +26,20 @@ import pandas as pd
 from cxr_core import methods as registry
 from cxr_core.analysis.sentences import cost_shares
 from cxr_core.analysis.statistics import CONFIDENCE, MIN_SEEDS_FOR_T, _isnan, ratio_interval
-from cxr_core.analysis.tables import LR, METHOD, _short, best_config_per, stat
+from cxr_core.analysis.tables import (
+    LR,
+    METHOD,
+    MODEL,
+    _done,
+    _short,
+    best_config_per,
+    model_parameters,
+    models,
+    stat,
+)
 from cxr_core.analysis.text import _ci, _count, _describe, _num, _pct
 from cxr_core.bootstrap import percentile_interval
 
-MODEL = "config/model"
 # The cost columns compared across scales: (column, words in a table header).
 SCALE_COSTS = (
     ("trainable_params", "trainable params"),
@@ -61,33 +70,6 @@ class Scale:
     gaps: pd.DataFrame
     n_images: int | None = None
     n_boot: int | None = None
-
-
-def _done(configs: pd.DataFrame) -> pd.DataFrame:
-    """The configurations with results and a model."""
-    if MODEL not in configs or "n_seeds" not in configs:
-        return configs.iloc[0:0]
-    return configs[(configs["n_seeds"] > 0) & configs[MODEL].notna()]
-
-
-def model_parameters(configs: pd.DataFrame) -> dict[str, float]:
-    """{model: its parameter count}: the smallest mean ``total_params`` among its configurations with results (a
-    full fine-tuning counts the model; an adapter adds its own parameters). NaN where none reported it."""
-    done = _done(configs)
-    if done.empty:
-        return {}
-    out = {}
-    for model, rows in done.groupby(done[MODEL].astype(str), sort=True):
-        values = pd.to_numeric(rows.get("total_params_mean", pd.Series(dtype=float)), errors="coerce").dropna()
-        out[str(model)] = float(values.min()) if len(values) else math.nan
-    return out
-
-
-def models(configs: pd.DataFrame) -> list[str]:
-    """The models of the configurations that have results, smallest first (by parameter count; models without one
-    last, by name)."""
-    params = model_parameters(configs)
-    return sorted(params, key=lambda m: (_isnan(params[m]), 0.0 if _isnan(params[m]) else params[m], m))
 
 
 def best_per_model(configs: pd.DataFrame, *, metric: str, mode: str) -> pd.DataFrame:

@@ -31,6 +31,7 @@ COST = (
 LABEL_F1 = tuple(f"f1/{label}" for label in LABELS)
 METHOD, LR = registry.METHOD_COLUMN, "config/train/lr"
 SEED = "config/train/seed"
+MODEL = "config/model"  # a sweep may grid over models (the report's "Across model scales")
 NOT_IN_KEY = (SEED, "config/name")  # trials that differ only in these are repeats of one configuration
 
 
@@ -235,23 +236,38 @@ def stat(row, col: str) -> dict:
     return {k: row.get(f"{col}_{k}", math.nan) for k in ("mean", "std", "n", "lo", "hi", "min", "max")}
 
 
+def _done(configs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations with results and a model."""
+    if MODEL not in configs or "n_seeds" not in configs:
+        return configs.iloc[0:0]
+    return configs[(configs["n_seeds"] > 0) & configs[MODEL].notna()]
+
+
+def model_parameters(configs: pd.DataFrame) -> dict[str, float]:
+    """{model: its parameter count}: the smallest mean ``total_params`` among its configurations with results (a
+    full fine-tuning counts the model; an adapter adds its own parameters). NaN where none reported it."""
+    done = _done(configs)
+    if done.empty:
+        return {}
+    out = {}
+    for model, rows in done.groupby(done[MODEL].astype(str), sort=True):
+        values = pd.to_numeric(rows.get("total_params_mean", pd.Series(dtype=float)), errors="coerce").dropna()
+        out[str(model)] = float(values.min()) if len(values) else math.nan
+    return out
+
+
+def models(configs: pd.DataFrame) -> list[str]:
+    """The models of the configurations that have results, smallest first (by parameter count; models without one
+    last, by name)."""
+    params = model_parameters(configs)
+    return sorted(params, key=lambda m: (_isnan(params[m]), 0.0 if _isnan(params[m]) else params[m], m))
+
+
 def largest_model(configs: pd.DataFrame) -> str | None:
-    """In a sweep over two or more models (``config/model``), the one with the most parameters (the smallest mean
-    ``total_params`` among its configurations with results: FFT's count; ties by name; a model without a count
-    sorts last, as in the "Across model scales" section); None for a sweep over one model."""
-    if "config/model" not in configs:
-        return None
-    done = configs[configs["config/model"].notna()]
-    if "n_seeds" in done:
-        done = done[done["n_seeds"] > 0]
-    if done["config/model"].astype(str).nunique() < 2:
-        return None
-    params = pd.to_numeric(
-        done.get("total_params_mean", pd.Series(math.nan, index=done.index)), errors="coerce"
-    )
-    size = params.groupby(done["config/model"].astype(str)).min()
-    # The order of the "Across model scales" section (cxr_core.analysis.scale.models): by size, unknown sizes last.
-    return str(sorted(size.index, key=lambda m: (_isnan(size[m]), 0.0 if _isnan(size[m]) else size[m], m))[-1])
+    """In a sweep over two or more models (``config/model``), the one with the most parameters (the last of
+    :func:`models`, the order of the report's "Across model scales" section); None for a sweep over one model."""
+    present = models(configs)
+    return present[-1] if len(present) > 1 else None
 
 
 def headline_pool(configs: pd.DataFrame) -> pd.DataFrame:
@@ -259,7 +275,7 @@ def headline_pool(configs: pd.DataFrame) -> pd.DataFrame:
     largest model's (:func:`largest_model`, the one nearest the study's target scale), so that methods are always
     compared on the same model; every model's own comparison is the report's "Across model scales" section."""
     model = largest_model(configs)
-    return configs if model is None else configs[configs["config/model"].astype(str) == model]
+    return configs if model is None else configs[configs[MODEL].astype(str) == model]
 
 
 def best_config_per(configs: pd.DataFrame, key: str, *, metric: str, mode: str) -> pd.DataFrame:
@@ -267,7 +283,7 @@ def best_config_per(configs: pd.DataFrame, key: str, *, metric: str, mode: str) 
     seeds of ``best_<metric>`` (validation), among :func:`headline_pool` (in a sweep over several models, the
     largest model's). Ties go to the configuration with more seeds."""
     col = f"best_{metric}_mean"
-    configs = headline_pool(configs) if key != "config/model" else configs
+    configs = headline_pool(configs) if key != MODEL else configs
     done = configs.dropna(subset=[col]) if col in configs else configs.iloc[0:0]
     if done.empty:
         return done
