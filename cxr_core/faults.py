@@ -450,8 +450,8 @@ def repair_experiment_state(folder: str) -> str | None:
     that fills up, or a driver killed mid-copy, leaves those cut short: ``Tuner.restore`` then fails on the
     state, or restores a trial with its first epochs missing. The driver's copies of the newest state's time stamp
     are whole; every storage file shorter than its copy (or missing), or older and different, is written
-    again from it. (After a driver
-    killed with SIGKILL this also uploads what it had not uploaded yet: results that are no less true.)
+    again from it. (After a driver killed with SIGKILL this also uploads what it had not uploaded yet: results
+    that are no less true.)
 
     Returns:
         What was repaired (one line), or None when nothing was cut short (or no copy is on this machine and the

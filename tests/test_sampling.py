@@ -35,30 +35,24 @@ def test_an_epoch_draws_as_many_images_weighted_and_the_same_for_the_same_seed()
     n = 200
     labels = np.zeros((n, 1))
     labels[:20, 0] = 1  # 10% positive
-    data = SplitData(pixel_values=torch.zeros(n, 3, 2, 2), input_ids=[[101, i % 50 + 5, 102] for i in range(n)],
+    # Image i's text is [CLS] i+5 [SEP], so a batch says which images it drew.
+    data = SplitData(pixel_values=torch.zeros(n, 3, 2, 2), input_ids=[[101, i + 5, 102] for i in range(n)],
                      reports=["r"] * n, labels=labels)  # fmt: skip
     w = sample_weights(labels, threshold=0.9)  # positives weigh 3
-    for seed in range(30):
-        epoch = [
-            b["input_ids"].shape[0]
-            for b in batches(
-                data, batch_size=16, pad_id=0, generator=torch.Generator().manual_seed(seed), weights=w
-            )
-        ]
-        assert sum(epoch) == n  # the epoch's length (its number of steps) does not change
+
+    def drawn(seed: int, weights) -> list[int]:
+        gen = torch.Generator().manual_seed(seed)
+        return [int(i) - 5 for b in batches(data, batch_size=16, pad_id=0, generator=gen, weights=weights)
+                for i in b["input_ids"][:, 1]]  # fmt: skip
+
+    epochs = [drawn(seed, w) for seed in range(30)]
+    assert all(len(e) == n for e in epochs)  # the epoch's length (its number of steps) does not change
     # The share of positive images drawn: 20 * 3 / (20 * 3 + 180) = 0.25, against 0.10 uniformly.
-    gen = torch.Generator().manual_seed(0)
-    order = torch.multinomial(torch.as_tensor(w), 100_000, replacement=True, generator=gen)
-    assert float((order < 20).float().mean()) == pytest.approx(0.25, abs=0.01)
-    one = [
-        b["input_ids"].tolist()
-        for b in batches(data, batch_size=16, pad_id=0, generator=torch.Generator().manual_seed(7), weights=w)
-    ]
-    two = [
-        b["input_ids"].tolist()
-        for b in batches(data, batch_size=16, pad_id=0, generator=torch.Generator().manual_seed(7), weights=w)
-    ]
-    assert one == two
+    share = np.mean([i < 20 for e in epochs for i in e])
+    assert share == pytest.approx(0.25, abs=0.02)
+    assert len(set(epochs[0])) < n  # with replacement: some images twice, some not at all
+    assert sorted(drawn(0, None)) == list(range(n))  # without weights: each image once
+    assert drawn(7, w) == drawn(7, w)
 
 
 @pytest.mark.parametrize(
