@@ -22,7 +22,8 @@ garbage pixels (:func:`entry_problem`). Concurrent first use is safe: the first 
 builds into a temporary folder and renames it into place; the others wait on the lock and then open the
 finished entry. A folder named ``{key}`` is only ever complete, so a half-written cache is never read; a
 build that died leaves a ``.building-*`` folder, removed by the next build of that key. The cache does not
-notice an image file replaced in place under the same path: delete ``{key}/`` (or the whole folder) then.
+notice an image file replaced in place under the same path: delete ``{key}/`` (or the whole folder) then, or
+call :func:`forget_images_under` (jobs.demo does when it rewrites its synthetic images).
 """
 
 from __future__ import annotations
@@ -259,6 +260,22 @@ def _lock(handle, final: Path) -> None:
             f"cannot lock {handle.name} ({exc}); put data.cache_dir on node-local storage that supports locks"
         ) from None
     fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def forget_images_under(cache_dir: str | Path, root: str | Path) -> list[str]:
+    """Delete the cache entries built from images under ``root``, for when those images were rewritten in place
+    (the key hashes paths, not contents). Returns the keys removed; entries of other images are kept."""
+    cache_dir, root = Path(cache_dir), Path(root).resolve()
+    removed = []
+    for meta_path in sorted(cache_dir.glob("*/meta.json")) if cache_dir.is_dir() else []:
+        try:
+            first = Path(json.loads(meta_path.read_text())["first_image"]).resolve()
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if first.is_relative_to(root):
+            shutil.rmtree(meta_path.parent, ignore_errors=True)
+            removed.append(meta_path.parent.name)
+    return removed
 
 
 def entry_problem(folder: Path, n_images: int) -> str | None:

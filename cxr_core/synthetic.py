@@ -92,6 +92,10 @@ _NEGATIVE = {
     "Support_Devices": 0.01,
 }  # fmt: skip
 _P_NORMAL = 0.33  # studies with no finding at all; No_Finding is 1.0 in most of them
+# Bumped whenever the same arguments would draw different pixels, so that a folder written by an earlier version
+# is noticed (jobs.demo rewrites its data when the version it stamped differs). 2: distinct, larger signs for
+# Consolidation (an upper lobe under the fissure), Lung_Lesion (a mass) and Pneumothorax (a collapsed lung).
+RENDER_VERSION = 2
 _INTERNAL_MAX_PX = 512  # anatomy is rendered at most this large, then resized (keeps 2544 x 3056 fast)
 
 
@@ -341,12 +345,13 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
         r = rng.uniform(0.065, 0.09)
         a += 0.45 * st["Lung_Opacity"] * _blob(u, v, ox, oy, r, r * 1.1) * in_lung(side)
     if st["Consolidation"]:
+        # Upper-lobe consolidation: dense, homogeneous, filling the upper zone down to the horizontal fissure,
+        # which gives it a sharp, straight lower border (nothing else is drawn dense in the upper zone).
         side = int(rng.choice((-1, 1)))
-        lcx, lcy, la, lb, base = centres[side]
-        ox, oy = lcx + rng.uniform(-0.3, 0.3) * la, base - rng.uniform(0.12, 0.16)
-        fissure = oy - 0.06  # a lobe is bounded by its fissure: a sharp upper edge
-        lobe = _ellipse(u, v, ox, oy, 0.1, 0.09, soft=0.2) * _ramp(v - fissure, 0.006)
-        a += 0.6 * st["Consolidation"] * lobe * in_lung(side)
+        lcx, lcy, la, lb, _ = centres[side]
+        fissure = lcy + rng.uniform(-0.02, 0.03)
+        lobe = _ramp(fissure - v, 0.006) * _ramp(v - (lcy - 0.2), 0.04)
+        a += 0.75 * st["Consolidation"] * lobe * in_lung(side)
     if st["Pneumonia"]:
         side = int(rng.choice((-1, 1)))
         ox, oy = spot(side, 0.45)
@@ -373,17 +378,22 @@ def _frontal(labels, u, v, look: PatientLook, rng: np.random.Generator, ap: bool
     if st["Lung_Lesion"]:
         side = int(rng.choice((-1, 1)))
         ox, oy = spot(side, 0.6)
-        r = rng.uniform(0.04, 0.05)
-        a += 0.7 * st["Lung_Lesion"] * _ellipse(u, v, ox, oy, r, r, soft=0.15) * lungs[side]
+        # A mass rather than a small nodule: 8 to 9 px across at the model's 64 px, bright and sharp-edged (a
+        # 5-6 px nodule was readable by a probe but not learnt by the demo's model; data/README.md).
+        r = rng.uniform(0.06, 0.07)
+        a += 0.9 * st["Lung_Lesion"] * _ellipse(u, v, ox, oy, r, r, soft=0.15) * lungs[side]
     if st["Pneumothorax"]:
         side = int(rng.choice((-1, 1)))
         lcx, lcy, la, lb, _ = centres[side]
-        # The lung falls away from the chest wall: apex and lateral rim dark, no markings, a thin pleural line.
-        ccx, ccy, ca, cb = lcx - side * 0.03, lcy + 0.06, la * 0.75, lb * 0.82
+        # The lung falls away from the chest wall: the pleural space (apex and lateral rim) is black, without
+        # markings, and the collapsed lung, pressed towards the hilum, is denser than aerated lung.
+        ccx, ccy, ca, cb = lcx - side * 0.05, lcy + 0.1, la * 0.6, lb * 0.7
         d = np.sqrt(((u - ccx) / ca) ** 2 + ((v - ccy) / cb) ** 2)
         upper = _ramp(lcy + 0.05 - v, 0.05)
         gap = lungs[side] * _ramp(d - 1.0, 0.05) * upper
-        a -= st["Pneumothorax"] * gap * (0.3 + 0.05 * markings + 0.08 * hila)
+        collapsed = in_lung(side) * _ramp(1.0 - d, 0.05)
+        a -= st["Pneumothorax"] * gap * (0.45 + 0.05 * markings + 0.08 * hila)
+        a += 0.25 * st["Pneumothorax"] * collapsed
         a += 0.18 * st["Pneumothorax"] * _ramp(0.016 - np.abs(d - 1.0), 0.008) * upper * lungs[side]
     if st["Pleural_Other"]:
         side = int(rng.choice((-1, 1)))

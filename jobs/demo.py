@@ -43,15 +43,18 @@ def _elapsed(start: float) -> float:
 
 
 def _data(per_label: int) -> None:
+    from cxr_core.cache import default_cache_dir, forget_images_under
     from cxr_core.prepare import prepare_splits
-    from cxr_core.synthetic import make_synthetic
+    from cxr_core.synthetic import RENDER_VERSION, make_synthetic
 
     meta = SYNTHETIC / "mimic-cxr-2.0.0-metadata.csv.gz"
     stamp = SYNTHETIC / "demo-patients.txt"
-    if not meta.is_file() or not stamp.is_file() or stamp.read_text().strip() != str(PATIENTS):
+    want = f"{PATIENTS} patients, render version {RENDER_VERSION}"
+    if not meta.is_file() or not stamp.is_file() or stamp.read_text().strip() != want:
         print(f"[demo] writing the synthetic MIMIC-layout dataset to {SYNTHETIC}/ ...", flush=True)
         make_synthetic(SYNTHETIC, n_patients=PATIENTS)
-        stamp.write_text(f"{PATIENTS}\n")
+        forget_images_under(default_cache_dir(), SYNTHETIC)  # same paths, new pixels: drop their cached pixels
+        stamp.write_text(f"{want}\n")
     summary = prepare_splits(SYNTHETIC, SPLITS, per_label=per_label, seed=0, fractions=FRACTIONS)
     rows = summary["rows"]
     print(f"[demo] splits in {SPLITS}/: {rows['train']} train, {rows['val']} val, {rows['test']} test images",
