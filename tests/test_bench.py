@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from tests.conftest import REPO, run_module
@@ -162,7 +163,7 @@ def test_rare_labels_bench_trains_and_scores_every_label_on_test(small_data):
 
     root, splits = small_data
     result = last_json("bench.rare_labels", "--splits", str(splits), "--images", str(root),
-                       "--settings", "uniform:0.1:1", "repeat_factor:1.0:1")  # fmt: skip
+                       "--settings", "uniform:0.1:1", "repeat_factor:1.0:1", "--seeds", "0")  # fmt: skip
     rows = {r["setting"]: r for r in result["rows"]}
     assert list(rows) == ["uniform:0.1:1", "repeat_factor:1.0:1"]
     for r in rows.values():
@@ -170,3 +171,9 @@ def test_rare_labels_bench_trains_and_scores_every_label_on_test(small_data):
         assert 0 <= r["test_f1_macro"] <= 1 and 0 <= r["test_f1_micro"] <= 1 and r["train_seconds"] > 0
         # The macro F1 is the mean of the 14 per-label F1s (rounded to 3 places each).
         assert r["test_f1_macro"] == pytest.approx(sum(r["per_label_f1"].values()) / 14, abs=2e-3)
+        # Every positive test image of a rare finding is accounted for once: written positive, negative, or not.
+        test = pd.read_csv(splits / "test_split.csv")
+        for label, d in r["diagnosis"].items():
+            assert d["positives"] == int((test[label] == 1.0).sum())
+            assert d["greedy_positive"] + d["greedy_negative"] + d["greedy_unsaid"] == d["positives"]
+            assert d["forced_auc"] is None or 0 <= d["forced_auc"] <= 1

@@ -111,14 +111,19 @@ def test_reuse_and_rebuild_on_change(tmp_path):
 def test_images_rewritten_in_place_are_forgotten_and_rebuilt_with_their_new_pixels(tmp_path):
     """The key hashes paths, not contents: jobs.demo rewrites its synthetic images under the same paths and then
     forgets their entries, so the next use decodes the new pixels; entries of other images stay."""
-    ours, other = make_images(tmp_path / "ours", n=2, kinds=False), make_images(tmp_path / "other", n=2, kinds=False)
+    ours, other = (
+        make_images(tmp_path / "ours", n=2, kinds=False),
+        make_images(tmp_path / "other", n=2, kinds=False),
+    )
     cache_dir = tmp_path / "cache"
     old = image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir, workers=1)
     kept = image_cache(other, pixel_spec(clip()), cache_dir=cache_dir, workers=1)
     before = np.array(old.pixels)
     for path in ours:  # same path, different picture
         Image.fromarray(np.full((80, 80), 200, dtype=np.uint8)).save(path, quality=90)
-    assert image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir).pixels.tolist() == before.tolist()  # stale
+    assert (
+        image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir).pixels.tolist() == before.tolist()
+    )  # stale
     assert forget_images_under(cache_dir, tmp_path / "ours") == [old.key]
     new = image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir, workers=1)
     assert new.built and new.key == old.key and not np.array_equal(np.array(new.pixels), before)

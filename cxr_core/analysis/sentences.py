@@ -25,6 +25,8 @@ CONVERGED_GAIN = 0.01  # a best configuration still gaining this much over its l
 PROTOCOL = (
     "config/train/epochs",
     "config/train/batch_size",
+    "config/train/sampling",
+    "config/train/repeat_threshold",
     "config/data/max_train",
     "config/data/split_dir",
     "config/data/max_val",
