@@ -38,10 +38,11 @@ RARE = ("Consolidation", "Enlarged_Cardiomediastinum", "Lung_Lesion", "Pneumotho
 
 @torch.no_grad()
 def diagnose(s, data, reports: list[str], labels=RARE) -> dict:
-    """Where a finding is lost: teacher-forced, with the reference report up to the finding's sentence, does the
-    model start it with "evidence" rather than "no" (AUC over the positives and the explicit negatives, and the
-    share of positives where "evidence" wins)? And what do its greedy reports say for the positive images:
-    positive, negative, or nothing?"""
+    """Where a finding is lost. Teacher-forced on the reference report up to the finding's sentence: does the model
+    start the next sentence with "evidence" rather than "no" (``forced_auc`` over the positive and the explicitly
+    negative images; ``forced_evidence_wins``: the share of positives where it does)? Through "evidence of" on a
+    positive image: is the finding's name (each of its words) the most likely continuation (``forced_named``)? Free-running: what do its
+    greedy reports say for the positive images (``greedy_positive`` / ``greedy_negative`` / ``greedy_unsaid``)?"""
     from sklearn.metrics import roc_auc_score
 
     from cxr_core.labels import LABELS
@@ -53,12 +54,19 @@ def diagnose(s, data, reports: list[str], labels=RARE) -> dict:
     out = {}
     for label in labels:
         j, name = LABELS.index(label), tok(label_phrase(label), add_special_tokens=False).input_ids
-        scores, positive = [], []
+        scores, positive, named = [], [], []
         for i, ids in enumerate(data.input_ids):
             value = data.labels[i, j]
             if value not in (0.0, 1.0):
                 continue
             at = next(k for k in range(len(ids)) if ids[k : k + len(name)] == name)
+            if (
+                value == 1.0
+            ):  # through "evidence of": are the name's words, one by one, the most likely next ones?
+                pixels = data.pixel_values[torch.tensor([i])]
+                prefix = torch.tensor([ids[: at + len(name) - 1]])
+                after = s.model(pixel_values=pixels, input_ids=prefix).logits[0, -len(name) :]
+                named.append(after.argmax(-1).tolist() == name)
             start = at - 2 if value == 1.0 else at - 3  # "evidence of N" / "no evidence of N"
             logits = s.model(
                 pixel_values=data.pixel_values[torch.tensor([i])], input_ids=torch.tensor([ids[:start]])
@@ -74,6 +82,7 @@ def diagnose(s, data, reports: list[str], labels=RARE) -> dict:
             if 0 < positive.sum() < len(positive)
             else None,
             "forced_evidence_wins": round(float((scores[positive] > 0).mean()), 2) if positive.any() else None,
+            "forced_named": round(float(np.mean(named)), 2) if named else None,
             "greedy_positive": int(sum(v == 1.0 for v in said)),
             "greedy_negative": int(sum(v == 0.0 for v in said)),
             "greedy_unsaid": int(sum(v != v for v in said)),

@@ -4,7 +4,7 @@ Makes the synthetic MIMIC-layout data if missing, prepares the splits (a large t
 for the chosen configurations only), runs search_spaces/demo.yaml with Ray Tune, scores the configurations
 chosen on validation on the test split (once), analyses everything and prints the verdict.
 
-    python -m jobs.demo                      # ~8 minutes on 2 cores
+    python -m jobs.demo                      # ~10 minutes on 2 cores
     python -m jobs.demo --name demo2 --set train.epochs=2
 """
 
