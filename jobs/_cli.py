@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -35,6 +36,10 @@ def main_guard(fn):
         from cxr_core.errors import CxrError
 
         faults.sigterm_as_interrupt()
+        # transformers 5 deprecates a name peft still calls; the notice means nothing to a user of these commands
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
         try:
             return fn(*args, **kwargs)
         except CxrError as exc:
