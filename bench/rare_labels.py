@@ -18,9 +18,12 @@ than "no" on its positive images, and what its greedy reports say for them (posi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +41,17 @@ RARE = ("Consolidation", "Enlarged_Cardiomediastinum", "Lung_Lesion", "Pneumotho
 
 @torch.no_grad()
 def diagnose(s, data, reports: list[str], labels=RARE) -> dict:
-    """Where a finding is lost. Teacher-forced on the reference report up to the finding's sentence: does the model
-    start the next sentence with "evidence" rather than "no" (``forced_auc`` over the positive and the explicitly
-    negative images; ``forced_evidence_wins``: the share of positives where it does)? Through "evidence of" on a
-    positive image: is the finding's name (each of its words) the most likely continuation (``forced_named``)? Free-running: what do its
-    greedy reports say for the positive images (``greedy_positive`` / ``greedy_negative`` / ``greedy_unsaid``)?"""
+    """Where a finding is lost, from one teacher-forced pass over each reference report that states it, and from the
+    greedy reports:
+
+    - ``forced_auc``: at the start of the finding's sentence, how well "evidence" over "no" (the logit difference)
+      separates the positive from the explicitly negative images; ``forced_evidence_wins``: the share of positives
+      where "evidence" is the likelier;
+    - ``forced_named``: after "evidence of" on a positive image, the share where each word of the finding's name is
+      the most likely next word;
+    - ``greedy_positive`` / ``greedy_negative`` / ``greedy_unsaid``: what the greedy reports say for the positives;
+    - ``train_positive`` / ``train_negative``: the training images that state the finding present / absent.
+    """
     from sklearn.metrics import roc_auc_score
 
     from cxr_core.labels import LABELS
@@ -60,33 +69,47 @@ def diagnose(s, data, reports: list[str], labels=RARE) -> dict:
             if value not in (0.0, 1.0):
                 continue
             at = next(k for k in range(len(ids)) if ids[k : k + len(name)] == name)
-            if (
-                value == 1.0
-            ):  # through "evidence of": are the name's words, one by one, the most likely next ones?
-                pixels = data.pixel_values[torch.tensor([i])]
-                prefix = torch.tensor([ids[: at + len(name) - 1]])
-                after = s.model(pixel_values=pixels, input_ids=prefix).logits[0, -len(name) :]
-                named.append(after.argmax(-1).tolist() == name)
+            logits = s.model(pixel_values=data.pixel_values[torch.tensor([i])], input_ids=torch.tensor([ids]))
+            text = logits.logits[0, -len(ids) :].float()  # GIT's logits: the image tokens', then the text's
             start = at - 2 if value == 1.0 else at - 3  # "evidence of N" / "no evidence of N"
-            logits = s.model(
-                pixel_values=data.pixel_values[torch.tensor([i])], input_ids=torch.tensor([ids[:start]])
-            )
-            last = logits.logits[0, -1].float()
-            scores.append(float(last[evidence] - last[no]))
+            scores.append(float(text[start - 1, evidence] - text[start - 1, no]))  # position p predicts p + 1
             positive.append(value == 1.0)
-        scores, positive = np.array(scores), np.array(positive)
+            if value == 1.0:
+                named.append(text[at - 1 : at - 1 + len(name)].argmax(-1).tolist() == name)
+        scores, positive = np.array(scores), np.array(positive, dtype=bool)
         said = [parse_report(reports[i]).values[j] for i in range(len(reports)) if data.labels[i, j] == 1.0]
+        both = 0 < positive.sum() < len(positive)
         out[label] = {
             "positives": int(positive.sum()),
-            "forced_auc": round(float(roc_auc_score(positive, scores)), 3)
-            if 0 < positive.sum() < len(positive)
-            else None,
+            "forced_auc": round(float(roc_auc_score(positive, scores)), 3) if both else None,
             "forced_evidence_wins": round(float((scores[positive] > 0).mean()), 2) if positive.any() else None,
             "forced_named": round(float(np.mean(named)), 2) if named else None,
             "greedy_positive": int(sum(v == 1.0 for v in said)),
             "greedy_negative": int(sum(v == 0.0 for v in said)),
             "greedy_unsaid": int(sum(v != v for v in said)),
+            "train_positive": int((s.train.labels[:, j] == 1.0).sum()),
+            "train_negative": int((s.train.labels[:, j] == 0.0).sum()),
         }
+    return out
+
+
+def draws_per_epoch(
+    train_labels: np.ndarray, sampling: str, threshold: float, labels=(*RARE, "No_Finding")
+) -> dict:
+    """How often an epoch draws, on average, a training image positive for each label (1.0 under uniform sampling;
+    under repeat-factor sampling its weight over the mean weight, cxr_core.dataset.sample_weights; None for a label
+    with no positive training image)."""
+    from cxr_core.dataset import sample_weights
+    from cxr_core.labels import LABELS
+
+    if sampling != "repeat_factor":
+        return dict.fromkeys(labels, 1.0)
+    w = sample_weights(train_labels, threshold)
+    w = w / w.mean()
+    out = {}
+    for label in labels:
+        drawn = w[train_labels[:, LABELS.index(label)] == 1.0]
+        out[label] = round(float(drawn.mean()), 2) if drawn.size else None
     return out
 
 
@@ -114,10 +137,11 @@ def run(setting: str, *, splits: str, images: str, lr: float, seed: int) -> dict
         seconds = time.perf_counter() - start
         metrics, reports, _ = evaluate(s, s.val)
         diagnosis = diagnose(s, s.val, reports)
+        draws = draws_per_epoch(s.train.labels, sampling, float(threshold))
     per_label = {k: round(v["f1"], 3) for k, v in metrics["per_label"].items()}
     return {"setting": setting, "seed": seed, "train_seconds": round(seconds, 1), "test_f1_micro": round(metrics["label_f1_micro"], 3),
             "test_f1_macro": round(metrics["label_f1_macro"], 3), "per_label_f1": per_label,
-            "diagnosis": diagnosis}  # fmt: skip
+            "draws_per_epoch": draws, "diagnosis": diagnosis}  # fmt: skip
 
 
 def main(argv=None) -> dict:
@@ -132,21 +156,18 @@ def main(argv=None) -> dict:
     )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    runs = [(setting, seed) for setting in args.settings for seed in args.seeds]
-    kw = dict(splits=args.splits, images=args.images, lr=args.lr)
+    jobs = [(setting, seed, dict(splits=args.splits, images=args.images, lr=args.lr))
+            for setting in args.settings for seed in args.seeds]  # fmt: skip
     rows = []
-    if args.jobs <= 1:
-        for setting, seed in runs:
-            rows.append(run(setting, seed=seed, **kw))
-            print(json.dumps(rows[-1]), flush=True)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for row in pool.map(_run_one, [(setting, seed, kw) for setting, seed in runs]):
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    pool = (
+        ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+        if args.jobs > 1
+        else None
+    )
+    with pool or contextlib.nullcontext():
+        for row in (pool.map if pool else map)(_run_one, jobs):
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     result = {"bench": "rare_labels", "lr": args.lr, "seeds": args.seeds, "rows": rows}
     print(json.dumps(result))
     return result

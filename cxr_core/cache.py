@@ -264,7 +264,8 @@ def _lock(handle, final: Path) -> None:
 
 def forget_images_under(cache_dir: str | Path, root: str | Path) -> list[str]:
     """Delete the cache entries built from images under ``root``, for when those images were rewritten in place
-    (the key hashes paths, not contents). Returns the keys removed; entries of other images are kept."""
+    (the key hashes paths, not contents). An entry holds one split's images, so its first image (``meta.json``)
+    tells where they are. Returns the keys removed; entries of other images are kept."""
     cache_dir, root = Path(cache_dir), Path(root).resolve()
     removed = []
     for meta_path in sorted(cache_dir.glob("*/meta.json")) if cache_dir.is_dir() else []:

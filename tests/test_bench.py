@@ -172,8 +172,15 @@ def test_rare_labels_bench_trains_and_scores_every_label_on_test(small_data):
         # The macro F1 is the mean of the 14 per-label F1s (rounded to 3 places each).
         assert r["test_f1_macro"] == pytest.approx(sum(r["per_label_f1"].values()) / 14, abs=2e-3)
         # Every positive test image of a rare finding is accounted for once: written positive, negative, or not.
-        test = pd.read_csv(splits / "test_split.csv")
+        test, train = pd.read_csv(splits / "test_split.csv"), pd.read_csv(splits / "train_split.csv")
         for label, d in r["diagnosis"].items():
             assert d["positives"] == int((test[label] == 1.0).sum())
+            assert (d["train_positive"], d["train_negative"]) == (
+                (train[label] == 1.0).sum(),
+                (train[label] == 0.0).sum(),
+            )
             assert d["greedy_positive"] + d["greedy_negative"] + d["greedy_unsaid"] == d["positives"]
             assert d["forced_auc"] is None or 0 <= d["forced_auc"] <= 1
+    # Uniform sampling draws every image once an epoch; repeat-factor sampling draws normal images less often.
+    assert set(rows["uniform:0.1:1"]["draws_per_epoch"].values()) == {1.0}
+    assert rows["repeat_factor:1.0:1"]["draws_per_epoch"]["No_Finding"] < 1
