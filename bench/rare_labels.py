@@ -4,8 +4,9 @@ The demo's best FFT writes some findings that its images show (``bench.label_rea
 them) at F1 0 or near it: too few positive training images for the report generator. This trains the embedded GIT
 with FFT on the demo's train split under each setting given, for a given number of epochs, without Tune and
 without validation, then generates the test split's reports once and prints micro/macro F1 and per-label F1
-(test). Each setting is ``SAMPLING:THRESHOLD:EPOCHS`` (``train.sampling``, ``train.repeat_threshold``,
-``train.epochs``; cxr_core.config.TrainConfig); everything else is the demo's FFT arm, at each seed given.
+(test). Each setting is ``SAMPLING:THRESHOLD:EPOCHS[:NAME_WEIGHT]`` (``train.sampling``,
+``train.repeat_threshold``, ``train.epochs``, ``train.name_weight``, default 1; cxr_core.config.TrainConfig);
+everything else is the demo's FFT arm, at each seed given.
 
 For the four rare findings with 20 or more test positives it also says where a finding is lost (:func:`diagnose`):
 whether the model, teacher-forced on the reference report, starts the finding's sentence with "evidence" rather
@@ -13,6 +14,7 @@ than "no" on its positive images, and what its greedy reports say for them (posi
 
     python -m bench.rare_labels                                    # the settings in docs/benchmarks.md
     python -m bench.rare_labels --settings uniform:0.1:5 repeat_factor:1.0:10 --lr 1e-3 --seeds 0 1
+    python -m bench.rare_labels --settings repeat_factor:1.0:6 repeat_factor:1.0:6:5   # finding names x5
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def run(setting: str, *, splits: str, images: str, lr: float, seed: int) -> dict
     from cxr_core.config import trial_config
     from cxr_core.trial import MemoryMeter, evaluate, setup, train_epoch
 
-    sampling, threshold, epochs = setting.split(":")
+    sampling, threshold, epochs, *rest = setting.split(":")
+    name_weight = float(rest[0]) if rest else 1.0
     with tempfile.TemporaryDirectory() as tmp:
         # The trial evaluates its "val" split: here the test split, touched once, after the last epoch.
         for name, source in (("train", "train"), ("val", "test")):
@@ -127,7 +130,7 @@ def run(setting: str, *, splits: str, images: str, lr: float, seed: int) -> dict
             "data": {"split_dir": tmp, "image_root": images},
             "train": {"epochs": int(epochs), "batch_size": 8, "lr": lr, "num_threads": 1, "precision": "bf16",
                       "weight_decay": 0.0, "warmup_ratio": 0.1, "grad_clip": 1.0, "seed": seed,
-                      "sampling": sampling, "repeat_threshold": float(threshold)},
+                      "sampling": sampling, "repeat_threshold": float(threshold), "name_weight": name_weight},
             "evaluation": {"max_new_tokens": 64, "batch_size": 64},
         })  # fmt: skip
         s = setup(cfg, meter=MemoryMeter(torch.device("cpu")))
@@ -148,7 +151,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--splits", default="data/demo", help="split folder (python -m jobs.demo makes data/demo)")
     p.add_argument("--images", default="data/synthetic")
-    p.add_argument("--settings", nargs="+", default=DEFAULT, metavar="SAMPLING:THRESHOLD:EPOCHS")
+    p.add_argument("--settings", nargs="+", default=DEFAULT, metavar="SAMPLING:THRESHOLD:EPOCHS[:NAME_WEIGHT]")
     p.add_argument("--lr", type=float, default=1e-3, help="the demo's best FFT learning rate (default 1e-3)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (default 0 1)")
     p.add_argument(

@@ -78,6 +78,12 @@ class TrainConfig:
     rarest positive label, ``max(1, sqrt(repeat_threshold / f))`` for a label positive in a fraction ``f`` of the
     training images: Gupta et al. 2019's repeat-factor sampling at a fixed epoch length, so every method gets
     the same number of steps; :func:`cxr_core.dataset.sample_weights`).
+
+    ``name_weight``: the weight, in the training loss, of the tokens that name a finding stated present ("N" in
+    "Evidence of N is present."); every other token weighs 1, so 1 (the default) is the model's own loss.
+    Above 1 the decoder is pushed to name what it sees rather than the common findings of that place in the
+    report (:func:`cxr_core.dataset.name_weights`; bench.rare_labels measures it). The reported losses stay
+    unweighted.
     """
 
     epochs: int = 3
@@ -93,6 +99,7 @@ class TrainConfig:
     precision: str = "auto"
     sampling: str = "uniform"
     repeat_threshold: float = 0.1
+    name_weight: float = 1.0
 
 
 @dataclass
@@ -163,6 +170,8 @@ class TrialBase:
         need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {choices(SCHEDULES)}")
         need(t.sampling in SAMPLINGS, "train.sampling", t.sampling, f"must be one of {choices(SAMPLINGS)}")
         need(0 < t.repeat_threshold <= 1, "train.repeat_threshold", t.repeat_threshold, "must be in (0, 1]")
+        need(t.name_weight >= 1 and math.isfinite(t.name_weight), "train.name_weight", t.name_weight,
+             "must be a number >= 1 (1 = the model's own loss)")  # fmt: skip
         need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be >= 0 (0 turns clipping off)")
         need(t.grad_accum >= 1, "train.grad_accum", t.grad_accum, "must be a positive integer")
         need(t.num_threads >= 0, "train.num_threads", t.num_threads, "must be >= 0 (0 = torch's default)")

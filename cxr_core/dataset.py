@@ -265,6 +265,41 @@ def text_batch(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+def name_weights(labels: torch.Tensor, marks: dict[str, int], weight: float) -> torch.Tensor:
+    """Per-token loss weights of a batch of report tokens ``labels`` (B, T; -100 at padding): ``weight`` on the
+    tokens that name a finding stated present, the ``N`` of the template's "Evidence of N is present." (after
+    "evidence of" not preceded by "no", up to "is"), 1 on every other token, 0 at padding.
+
+    ``marks``: the token ids of ``evidence``, ``of``, ``no`` and ``is`` in the model's tokenizer
+    (:func:`template_marks`). Aligned with ``labels``: position ``t`` weighs the prediction of ``labels[:, t]``.
+    """
+    out = (labels != IGNORE_INDEX).float()
+    ev, of, no, is_ = marks["evidence"], marks["of"], marks["no"], marks["is"]
+    for row, seq in enumerate(labels.tolist()):
+        t = 0
+        while t + 2 < len(seq):
+            if seq[t] == ev and seq[t + 1] == of and (t == 0 or seq[t - 1] != no):
+                end = t + 2
+                while end < len(seq) and seq[end] not in (is_, IGNORE_INDEX):
+                    end += 1
+                if end < len(seq) and seq[end] == is_:  # a whole "evidence of N is" sentence
+                    out[row, t + 2 : end] = weight
+                t = end
+            else:
+                t += 1
+    return out
+
+
+def template_marks(tokenizer) -> dict[str, int]:
+    """The token ids :func:`name_weights` reads the report template by: one token each for "evidence", "of",
+    "no" and "is", as the tokenizer spells the template's words (lower-cased or not)."""
+    ids = tokenizer("No evidence of is", add_special_tokens=False).input_ids
+    if len(ids) != 4:
+        raise CxrError(f"the tokenizer splits the template's words 'no evidence of is' into {len(ids)} tokens, "
+                       "not 4; train.name_weight needs one token each: set train.name_weight to 1")  # fmt: skip
+    return dict(zip(("no", "evidence", "of", "is"), ids, strict=True))
+
+
 def sample_weights(labels: np.ndarray, threshold: float) -> np.ndarray:
     """Repeat-factor sampling weights (Gupta et al. 2019, LVIS) of the images whose label rows are ``labels``
     ((N, 14): 1, 0, -1, NaN): a label positive in a fraction ``f`` of the images has the repeat factor

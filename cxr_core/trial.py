@@ -27,7 +27,7 @@ import torch
 from cxr_core import feature_cache
 from cxr_core.cache import resolve_cache_dir
 from cxr_core.config import REQUIRE_GPU_FIX, SAMPLINGS, SCHEDULES, TrialConfig, to_dict, trial_config
-from cxr_core.dataset import SplitData, batches, load_split, sample_weights
+from cxr_core.dataset import SplitData, batches, load_split, name_weights, sample_weights, template_marks
 from cxr_core.errors import CxrError, lookup
 from cxr_core.faults import naming_full_disk
 from cxr_core.metrics import report_metrics
@@ -185,12 +185,23 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     start = time.perf_counter()
     weighted = lookup(SAMPLINGS, cfg.sampling, "train.sampling")
     weights = sample_weights(s.train.labels, cfg.repeat_threshold) if weighted else None
+    marks = template_marks(s.processor.tokenizer) if cfg.name_weight != 1 else None
+    keep = _keeps_logits(s.model) if marks else False
     for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device,
                          weights=weights):  # fmt: skip
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg.precision, s.device)):
-            loss = s.model(**batch).loss
-        (loss / cfg.grad_accum).backward()
+            if marks is None:
+                loss = objective = s.model(**batch).loss
+            else:  # the names of present findings weigh name_weight; the reported loss stays the model's own
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                labels = batch["labels"]
+                logits = s.model(**inputs, **({"logits_to_keep": labels.shape[1]} if keep else {})).logits
+                ce, counted = token_losses(logits, labels)
+                w = name_weights(labels, marks, cfg.name_weight)[:, 1:].to(ce.device)
+                objective = (ce * w).sum() / w.sum()
+                loss = ce.sum() / counted.sum()
+        (objective / cfg.grad_accum).backward()
         step_in_accum += 1
         if step_in_accum == cfg.grad_accum:
             _optimizer_step(s)
@@ -232,12 +243,19 @@ def per_image_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     width of ``labels``), shifted by one against the labels, -100 ignored. ``sum(loss) / sum(tokens)`` over a
     batch is the model's batch loss.
     """
+    ce, counted = token_losses(logits, labels)
+    return ce.sum(dim=1), counted.sum(dim=1)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy of each text token (B, T - 1; 0 where the label is -100) and the mask of the
+    tokens that count, from GIT's logits (the image tokens', then the text's; :func:`per_image_loss`)."""
     text = logits[:, -labels.shape[1] :, :][:, :-1, :].float()
     target = labels[:, 1:]
     ce = torch.nn.functional.cross_entropy(
         text.reshape(-1, text.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
     ).view(target.shape)
-    return ce.sum(dim=1), (target != -100).sum(dim=1)
+    return ce, target != -100
 
 
 def _keeps_logits(model) -> bool:

@@ -27,6 +27,7 @@ PROTOCOL = (
     "config/train/batch_size",
     "config/train/sampling",
     "config/train/repeat_threshold",
+    "config/train/name_weight",
     "config/data/max_train",
     "config/data/split_dir",
     "config/data/max_val",
