@@ -101,10 +101,12 @@ def draws_per_epoch(
     """How often an epoch draws, on average, a training image positive for each label (1.0 under uniform sampling;
     under repeat-factor sampling its weight over the mean weight, cxr_core.dataset.sample_weights; None for a label
     with no positive training image)."""
+    from cxr_core.config import SAMPLINGS
     from cxr_core.dataset import sample_weights
+    from cxr_core.errors import lookup
     from cxr_core.labels import LABELS
 
-    if sampling != "repeat_factor":
+    if not lookup(SAMPLINGS, sampling, "train.sampling"):  # the same table the trial draws by
         return dict.fromkeys(labels, 1.0)
     w = sample_weights(train_labels, threshold)
     w = w / w.mean()

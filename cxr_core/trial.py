@@ -189,6 +189,8 @@ def train_epoch(s: Setup, epoch: int) -> dict:
     keep = _keeps_logits(s.model) if marks else False
     for batch in batches(s.train, batch_size=cfg.batch_size, pad_id=s.pad_id, generator=gen, device=s.device,
                          weights=weights):  # fmt: skip
+        # The name weights come from the token ids while they are still on the CPU (no device sync per step).
+        w = name_weights(batch["labels"], marks, cfg.name_weight)[:, 1:] if marks else None
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(s.device.type, dtype=torch.bfloat16, enabled=uses_bf16(cfg.precision, s.device)):
             if marks is None:
@@ -198,7 +200,7 @@ def train_epoch(s: Setup, epoch: int) -> dict:
                 labels = batch["labels"]
                 logits = s.model(**inputs, **({"logits_to_keep": labels.shape[1]} if keep else {})).logits
                 ce, counted = token_losses(logits, labels)
-                w = name_weights(labels, marks, cfg.name_weight)[:, 1:].to(ce.device)
+                w = w.to(ce.device)
                 objective = (ce * w).sum() / w.sum()
                 loss = ce.sum() / counted.sum()
         (objective / cfg.grad_accum).backward()

@@ -166,13 +166,13 @@ def test_rare_labels_bench_trains_and_scores_every_label_on_test(small_data):
                        "--settings", "uniform:0.1:1", "repeat_factor:1.0:1", "--seeds", "0")  # fmt: skip
     rows = {r["setting"]: r for r in result["rows"]}
     assert list(rows) == ["uniform:0.1:1", "repeat_factor:1.0:1"]
+    test, train = pd.read_csv(splits / "test_split.csv"), pd.read_csv(splits / "train_split.csv")
     for r in rows.values():
         assert set(r["per_label_f1"]) == set(LABELS)
         assert 0 <= r["test_f1_macro"] <= 1 and 0 <= r["test_f1_micro"] <= 1 and r["train_seconds"] > 0
         # The macro F1 is the mean of the 14 per-label F1s (rounded to 3 places each).
         assert r["test_f1_macro"] == pytest.approx(sum(r["per_label_f1"].values()) / 14, abs=2e-3)
         # Every positive test image of a rare finding is accounted for once: written positive, negative, or not.
-        test, train = pd.read_csv(splits / "test_split.csv"), pd.read_csv(splits / "train_split.csv")
         for label, d in r["diagnosis"].items():
             assert d["positives"] == int((test[label] == 1.0).sum())
             assert (d["train_positive"], d["train_negative"]) == (

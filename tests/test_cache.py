@@ -121,9 +121,8 @@ def test_images_rewritten_in_place_are_forgotten_and_rebuilt_with_their_new_pixe
     before = np.array(old.pixels)
     for path in ours:  # same path, different picture
         Image.fromarray(np.full((80, 80), 200, dtype=np.uint8)).save(path, quality=90)
-    assert (
-        image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir).pixels.tolist() == before.tolist()
-    )  # stale
+    stale = image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir)  # same key: the old pixels
+    assert stale.pixels.tolist() == before.tolist()
     assert forget_images_under(cache_dir, tmp_path / "ours") == [old.key]
     new = image_cache(ours, pixel_spec(clip()), cache_dir=cache_dir, workers=1)
     assert new.built and new.key == old.key and not np.array_equal(np.array(new.pixels), before)
