@@ -99,3 +99,12 @@ def seeds_sweep(small_data, tmp_path_factory):
     otherwise work on a copy."""
     return two_arm_sweep(small_data, tmp_path_factory.mktemp("seeds"), name="seeds", max_train=32, max_val=16,
                          seeds=[0, 1])  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``scripts/test.sh`` runs two workers, ``--dist loadgroup``): a module's tests stay on
+    one worker, so its module fixtures are built once, and every test that reads the session's two-seed sweep
+    (``seeds_sweep``, ~40 s to make) joins one group, so the sweep is made once, not once per worker."""
+    for item in items:
+        group = "seeds_sweep" if "seeds_sweep" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
