@@ -81,7 +81,7 @@ def test_ray_job_submit_runs_a_sweep_on_a_token_protected_head(small_data, tmp_p
         # The head's job agent starts a little after the head (later on a loaded machine); until then Ray answers
         # "No available agent to submit job, please try again later", which is what this does, for up to 60 s.
         for _ in range(12):
-            proc = _ray("job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--", *entry, env=env)
+            proc = _ray("job", "submit", "--address", dashboard, "--working-dir", str(REPO), "--", *entry, env=env)  # fmt: skip
             out = proc.stdout + proc.stderr
             if "No available agent" not in out:
                 break
