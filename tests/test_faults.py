@@ -571,6 +571,7 @@ def terminated(small_data, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_sigterm_saves_the_state_and_prints_the_resume_command(terminated):
     code, err = terminated["first"]
     assert code == 143 and "Traceback" not in err and "SIGTERM received" not in err, err[-3000:]
@@ -582,12 +583,14 @@ def test_sigterm_saves_the_state_and_prints_the_resume_command(terminated):
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_second_driver_on_the_same_sweep_is_refused(terminated):
     assert_refused(terminated["second"], f"another driver is running the sweep {terminated['exp']} (pid ",
                    "`kill -TERM PID` saves its state")  # fmt: skip
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
     from cxr_core.study_report import write_report
     from cxr_core.tune_runner import results_frame
@@ -596,7 +599,8 @@ def test_resume_past_a_damaged_checkpoint_finishes_and_says_so(terminated):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "1 trials, 0 errored, 0 unfinished" in resumed.stdout
     assert "faults survived (1):" in resumed.stdout
-    line = next(x for x in resumed.stdout.splitlines() if "is damaged" in x)
+    line = next((x for x in resumed.stdout.splitlines() if "is damaged" in x), None)
+    assert line is not None, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert terminated["damaged"][0] == "checkpoint_000001"
     assert "checkpoint_000001 is damaged (model/adapter_model.safetensors is truncated" in line
     assert line.endswith("; resumed from checkpoint_000000 (epoch 1)")
@@ -676,6 +680,7 @@ def test_sweep_refuses_a_port_that_speaks_grpc_but_is_not_the_head(token_cluster
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_worker_node_lost_mid_trial_is_retried_from_its_checkpoint(token_cluster, small_data, tmp_path):
     """The node running the trial is removed after its first epoch; Tune retries the trial on the other worker
     from that epoch's checkpoint (max_failures), and the sweep's summary lists the retry."""
