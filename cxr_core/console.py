@@ -191,6 +191,22 @@ def quiet_driver(folder: Path, *, verbose: bool) -> Path | None:
     return path
 
 
+def quiet_library(*names: str) -> None:
+    """Send the named loggers' info and warning lines (``mlflow``, which sets up its own console handler when
+    imported) to the driver's log, as :func:`quiet_driver` does for Ray's; errors still reach the console.
+    Call it after importing the library. Does nothing when there is no driver log (``-v``, or no sweep)."""
+    handler = next((h for h in logging.getLogger("ray").handlers if getattr(h, "cxr_driver_log", False)), None)
+    if handler is None:
+        return
+    for name in names:
+        logger = logging.getLogger(name)
+        for h in logger.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setLevel(logging.ERROR)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+
 def quiet_worker() -> None:
     """In a trial's process: no library FutureWarnings/progress bars, Ray's info lines (a checkpoint was
     saved) not forwarded to the driver's console; warnings and errors still are."""

@@ -135,6 +135,9 @@ def mlflow_callback(uri: str | None, *, results: Path, name: str, metric: str):
         raise CxrError(
             f"--mlflow needs MLflow ({exc}); install it with `pip install -e '.[mlflow]'`, or drop --mlflow"
         ) from exc
+    from cxr_core.console import quiet_library
+
+    quiet_library("mlflow", "alembic")  # "Creating initial MLflow database tables..." goes to driver.log
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     uri = uri or default_mlflow_uri(results)
