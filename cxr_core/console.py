@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -207,9 +208,26 @@ def quiet_library(*names: str) -> None:
             logger.addHandler(handler)
 
 
+def _stopping_in_a_finalizer(unraisable) -> None:
+    """``sys.unraisablehook`` of a trial's process: a ``SystemExit`` raised inside a finalizer or a weakref
+    callback is not printed; anything else is, as Python prints it.
+
+    Why: when a sweep ends, Ray stops the trial processes still alive with SIGTERM, and its handler in the worker
+    raises ``SystemExit``. If the signal lands while garbage collection runs a callback, Python cannot raise it
+    there and prints "Exception ignored in: <function WeakSet...> Traceback ... SystemExit: 1" instead, which Ray
+    forwards to the sweep's console after the answer (rarely; more often on a busy machine). Nothing is
+    lost: the trial had finished, and the process is stopped anyway."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        logging.getLogger(__name__).debug("SystemExit inside %r while the process stops", unraisable.object)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def quiet_worker() -> None:
     """In a trial's process: no library FutureWarnings/progress bars, Ray's info lines (a checkpoint was
-    saved) not forwarded to the driver's console; warnings and errors still are."""
+    saved) not forwarded to the driver's console, no traceback of the SIGTERM that stops the process
+    (:func:`_stopping_in_a_finalizer`); warnings and errors still are."""
+    sys.unraisablehook = _stopping_in_a_finalizer
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
