@@ -94,17 +94,8 @@ def two_arm_sweep(
 
 @pytest.fixture(scope="session")
 def seeds_sweep(small_data, tmp_path_factory):
-    """A real two-arm sweep over two seeds (4 trials of 2 epochs; see :func:`two_arm_sweep`), run once for every
-    module that reads one. test_analysis evaluates it and re-analyses it in place; tests that change it
+    """A real two-arm sweep over two seeds (4 trials of 2 epochs; see :func:`two_arm_sweep`), made once per test
+    process (on each pytest-xdist worker that runs a reader). test_analysis evaluates it and re-analyses it in place; tests that change it
     otherwise work on a copy."""
     return two_arm_sweep(small_data, tmp_path_factory.mktemp("seeds"), name="seeds", max_train=32, max_val=16,
                          seeds=[0, 1])  # fmt: skip
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``scripts/test.sh`` runs two workers, ``--dist loadgroup``): a module's tests stay on
-    one worker, so its module fixtures are built once, and every test that reads the session's two-seed sweep
-    (``seeds_sweep``, ~40 s to make) joins one group, so the sweep is made once, not once per worker."""
-    for item in items:
-        group = "seeds_sweep" if "seeds_sweep" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
