@@ -175,16 +175,14 @@ def quiet_driver(folder: Path, *, verbose: bool) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / DRIVER_LOG
     ray_logger = logging.getLogger("ray")
-    handler = next((h for h in ray_logger.handlers if getattr(h, "cxr_driver_log", False)), None)
+    handler = _driver_log_handler()
     if handler is None:
         handler = logging.FileHandler(path)
         handler.cxr_driver_log = True
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         ray_logger.addHandler(handler)
-    for h in ray_logger.handlers:  # ray.init may add its console handler again: call this after it too
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-            h.setLevel(logging.ERROR)
+    _consoles_to_errors(ray_logger)  # ray.init may add its console handler again: call this after it too
     logging.captureWarnings(True)
     warnings_logger = logging.getLogger("py.warnings")
     warnings_logger.handlers[:] = [handler]
@@ -192,20 +190,29 @@ def quiet_driver(folder: Path, *, verbose: bool) -> Path | None:
     return path
 
 
-def quiet_library(*names: str) -> None:
-    """Send the named loggers' info and warning lines (``mlflow``, which sets up its own console handler when
+def _driver_log_handler() -> logging.Handler | None:
+    """The ``driver.log`` handler :func:`quiet_driver` put on Ray's logger, if any."""
+    return next((h for h in logging.getLogger("ray").handlers if getattr(h, "cxr_driver_log", False)), None)
+
+
+def _consoles_to_errors(logger: logging.Logger) -> None:
+    """Turn the logger's console handlers down to errors (its file handlers keep what they have)."""
+    for h in logger.handlers:
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+            h.setLevel(logging.ERROR)
+
+
+def quiet_library(name: str) -> None:
+    """Send the named logger's info and warning lines (``mlflow``, which sets up its own console handler when
     imported) to the driver's log, as :func:`quiet_driver` does for Ray's; errors still reach the console.
     Call it after importing the library. Does nothing when there is no driver log (``-v``, or no sweep)."""
-    handler = next((h for h in logging.getLogger("ray").handlers if getattr(h, "cxr_driver_log", False)), None)
+    handler = _driver_log_handler()
     if handler is None:
         return
-    for name in names:
-        logger = logging.getLogger(name)
-        for h in logger.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setLevel(logging.ERROR)
-        if handler not in logger.handlers:
-            logger.addHandler(handler)
+    logger = logging.getLogger(name)
+    _consoles_to_errors(logger)
+    if handler not in logger.handlers:
+        logger.addHandler(handler)
 
 
 def _stopping_in_a_finalizer(unraisable) -> None:

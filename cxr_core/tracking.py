@@ -137,7 +137,7 @@ def mlflow_callback(uri: str | None, *, results: Path, name: str, metric: str):
         ) from exc
     from cxr_core.console import quiet_library
 
-    quiet_library("mlflow", "alembic")  # "Creating initial MLflow database tables..." goes to driver.log
+    quiet_library("mlflow")  # "Creating initial MLflow database tables..." goes to driver.log
     results = Path(results)
     results.mkdir(parents=True, exist_ok=True)
     uri = uri or default_mlflow_uri(results)

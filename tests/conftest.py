@@ -95,7 +95,7 @@ def two_arm_sweep(
 @pytest.fixture(scope="session")
 def seeds_sweep(small_data, tmp_path_factory):
     """A real two-arm sweep over two seeds (4 trials of 2 epochs; see :func:`two_arm_sweep`), made once per test
-    process (on each pytest-xdist worker that runs a reader). test_analysis evaluates it and re-analyses it in place; tests that change it
-    otherwise work on a copy."""
+    process (on each pytest-xdist worker that runs a reader). test_analysis evaluates it and re-analyses it in
+    place; tests that change it otherwise work on a copy."""
     return two_arm_sweep(small_data, tmp_path_factory.mktemp("seeds"), name="seeds", max_train=32, max_val=16,
                          seeds=[0, 1])  # fmt: skip
